@@ -1,0 +1,324 @@
+//! The `Coven` handle: every public operation. Calls check their arguments here, on the caller's
+//! thread, then either read in a read transaction or queue one operation for the writer and wait
+//! for its commit.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+use parking_lot::{Mutex, RwLock};
+use redb::Database;
+
+use crate::adopt;
+use crate::error::{Error, Result};
+use crate::guard;
+use crate::hub::Hub;
+use crate::ids;
+use crate::model::{
+    AdoptedMember, Config, Familiar, GroupChange, GroupConversation, GroupEvent, GroupSnapshot,
+    Session,
+};
+use crate::store::ops::{NewEvent, NewGroup};
+use crate::store::writer::{self, Batch, Command, Writer};
+use crate::store::{self, Reader};
+use crate::validate;
+
+/// Harness kinds built into the library.
+pub const BUILTIN_HARNESSES: [&str; 4] = ["scripted", "command", "claude", "codex"];
+
+/// An open store. `Send + Sync`: share it behind an `Arc` and call it from any thread.
+pub struct Coven {
+    /// `None` once closed, which also releases the file for another open.
+    db: RwLock<Option<Arc<Database>>>,
+    sender: Sender<Command>,
+    writer: Mutex<Option<Writer>>,
+    hub: Arc<Hub>,
+    config: Config,
+    closed: AtomicBool,
+}
+
+impl Coven {
+    /// Opens the store at `path`, creating it (readable by its owner only) if it does not exist.
+    /// A second open of the same file in one process is refused with `Conflict`.
+    pub fn open(path: impl AsRef<Path>, config: Config) -> Result<Self> {
+        Self::start(store::open_file(path.as_ref())?, config)
+    }
+
+    /// A store that lives in memory and disappears when closed.
+    pub fn open_in_memory(config: Config) -> Result<Self> {
+        Self::start(store::open_memory()?, config)
+    }
+
+    fn start(db: Database, config: Config) -> Result<Self> {
+        if config.max_concurrent_runs == 0 {
+            return Err(Error::invalid("config.max_concurrent_runs", "must be at least 1"));
+        }
+        let db = Arc::new(db);
+        let hub = Arc::new(Hub::default());
+        let writer = Writer::start(db.clone(), config.durable, hub.clone())?;
+        Ok(Self {
+            db: RwLock::new(Some(db)),
+            sender: writer.sender(),
+            writer: Mutex::new(Some(writer)),
+            hub,
+            config,
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// The configuration this store was opened with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Finishes every queued write, stops the library's threads and releases the file. Later
+    /// calls return `Closed`. Closing twice is harmless.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        if let Some(mut writer) = self.writer.lock().take() {
+            writer.shutdown();
+        }
+        self.db.write().take();
+    }
+
+    fn reader(&self) -> Result<Reader> {
+        let db = self.db.read().clone().ok_or(Error::Closed)?;
+        Reader::new(&db)
+    }
+
+    /// Queues one operation for the writer and waits until its batch has committed.
+    fn write<T, F>(&self, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Batch<'_>) -> Result<T> + Send + 'static,
+    {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
+        let (command, answer) = writer::call(op);
+        self.sender.send(command).map_err(|_| Error::Closed)?;
+        answer.recv().map_err(|_| Error::Closed)?
+    }
+
+    // ---- familiars ----
+
+    /// Registers a familiar, or updates one registered with the same harness.
+    pub fn register_familiar(&self, familiar: Familiar) -> Result<Familiar> {
+        validate::familiar(&familiar)?;
+        self.check_harness(&familiar)?;
+        self.write(move |batch| batch.register_familiar(familiar))
+    }
+
+    fn check_harness(&self, familiar: &Familiar) -> Result<()> {
+        if !BUILTIN_HARNESSES.contains(&familiar.harness.as_str()) {
+            return Err(Error::invalid(
+                "familiar.harness",
+                format!(
+                    "unknown harness kind {:?}; known kinds: {}",
+                    familiar.harness,
+                    BUILTIN_HARNESSES.join(", ")
+                ),
+            ));
+        }
+        match (familiar.harness.as_str(), familiar.argv.first()) {
+            ("command", None) => Err(Error::invalid(
+                "familiar.argv",
+                "the command harness needs a program to run",
+            )),
+            ("command", Some(program)) if !self.config.allowed_programs.contains(program) => {
+                Err(Error::invalid(
+                    "familiar.argv",
+                    format!(
+                        "program {program:?} is not allowlisted (Config::allowed_programs: [{}])",
+                        self.config.allowed_programs.join(", ")
+                    ),
+                ))
+            }
+            ("command", Some(_)) => Ok(()),
+            (_, Some(_)) => Err(Error::invalid(
+                "familiar.argv",
+                format!("only the command harness takes argv, not {:?}", familiar.harness),
+            )),
+            (_, None) => Ok(()),
+        }
+    }
+
+    pub fn get_familiar(&self, familiar_id: &str) -> Result<Familiar> {
+        validate::familiar_id("familiar_id", familiar_id)?;
+        self.reader()?
+            .familiar(familiar_id)?
+            .ok_or_else(|| Error::not_found("familiar", familiar_id))
+    }
+
+    /// Every registered familiar, ordered by id.
+    pub fn list_familiars(&self) -> Result<Vec<Familiar>> {
+        self.reader()?.familiars()
+    }
+
+    // ---- groups ----
+
+    /// Creates a group with one child session per member. `project_root`, when given, must be an
+    /// existing directory; it is stored canonicalized and bounds every process harness's cwd.
+    pub fn create_group(
+        &self,
+        title: Option<String>,
+        member_ids: Vec<String>,
+        project_root: Option<String>,
+    ) -> Result<GroupConversation> {
+        if let Some(title) = &title {
+            validate::title(title)?;
+        }
+        validate::members("member_ids", &member_ids)?;
+        let project_root = project_root.map(|root| guard::canonical_root(&root)).transpose()?;
+        let new = NewGroup {
+            id: ids::new_id(),
+            title,
+            members: member_ids.into_iter().map(|id| (id, ids::new_id())).collect(),
+            project_root,
+        };
+        self.write(move |batch| batch.create_group(new))
+    }
+
+    /// Every group, most recently active first.
+    pub fn list_groups(&self) -> Result<Vec<GroupConversation>> {
+        self.reader()?.groups()
+    }
+
+    /// The group, its whole timeline in seq order, and the rev it reflects. Safe at any time:
+    /// replies still streaming come with their partial text and `streaming = true`.
+    pub fn get_group(&self, group_id: &str) -> Result<GroupSnapshot> {
+        let group = ids::parse("group_id", group_id)?;
+        self.reader()?.snapshot(group)
+    }
+
+    /// Up to `limit` events with seq greater than `after_seq`.
+    pub fn events_since(&self, group_id: &str, after_seq: u64, limit: u32) -> Result<Vec<GroupEvent>> {
+        let group = ids::parse("group_id", group_id)?;
+        validate::limit(limit)?;
+        self.reader()?.events(group, after_seq, limit)
+    }
+
+    /// Up to `limit` committed changes with rev greater than `after_rev`, in rev order.
+    pub fn changes_since(&self, group_id: &str, after_rev: u64, limit: u32) -> Result<Vec<GroupChange>> {
+        let group = ids::parse("group_id", group_id)?;
+        validate::limit(limit)?;
+        self.reader()?.changes(group, after_rev, limit)
+    }
+
+    /// Renames the group; the rename is a system event in the timeline.
+    pub fn rename_group(&self, group_id: &str, title: String) -> Result<GroupConversation> {
+        let group = ids::parse("group_id", group_id)?;
+        validate::title(&title)?;
+        self.write(move |batch| batch.rename_group(group, title))
+    }
+
+    /// Adds a member with a new child session; a system event records it.
+    pub fn add_member(&self, group_id: &str, familiar_id: &str) -> Result<GroupConversation> {
+        let group = ids::parse("group_id", group_id)?;
+        validate::familiar_id("familiar_id", familiar_id)?;
+        let familiar_id = familiar_id.to_owned();
+        self.write(move |batch| batch.add_member(group, familiar_id))
+    }
+
+    /// Removes a member and archives its session; its earlier events stay in the timeline.
+    pub fn remove_member(&self, group_id: &str, familiar_id: &str) -> Result<GroupConversation> {
+        let group = ids::parse("group_id", group_id)?;
+        validate::familiar_id("familiar_id", familiar_id)?;
+        let familiar_id = familiar_id.to_owned();
+        self.write(move |batch| batch.remove_member(group, familiar_id))
+    }
+
+    /// Deletes the group, its timeline, its change log, its cursors and its child sessions.
+    pub fn delete_group(&self, group_id: &str) -> Result<()> {
+        let group = ids::parse("group_id", group_id)?;
+        self.write(move |batch| batch.delete_group(group))
+    }
+
+    /// Appends a user message without starting a turn; returns the persisted event.
+    pub fn append_user_message(
+        &self,
+        group_id: &str,
+        text: String,
+        author: Option<String>,
+    ) -> Result<GroupEvent> {
+        let group = ids::parse("group_id", group_id)?;
+        validate::text("text", &text)?;
+        validate::author(author.as_deref())?;
+        self.write(move |batch| batch.append(group, NewEvent::user(text, author, None)))
+    }
+
+    /// Wraps existing sessions (their ids reused) in a new group whose timeline interleaves
+    /// their histories by the rule documented in [`crate::adopt`].
+    pub fn adopt_group(
+        &self,
+        title: Option<String>,
+        members: Vec<AdoptedMember>,
+    ) -> Result<GroupConversation> {
+        if let Some(title) = &title {
+            validate::title(title)?;
+        }
+        validate::adoption(&members)?;
+        let mut sessions = Vec::with_capacity(members.len());
+        for member in &members {
+            let session = ids::parse("session_id", &member.session_id)?;
+            if sessions.iter().any(|(_, seen)| *seen == session) {
+                return Err(Error::invalid(
+                    "session_id",
+                    format!("{} is given for two members", member.session_id),
+                ));
+            }
+            sessions.push((member.familiar_id.clone(), session));
+        }
+        let timeline = adopt::interleave(&members);
+        let new = NewGroup {
+            id: ids::new_id(),
+            title,
+            members: sessions,
+            project_root: None,
+        };
+        self.write(move |batch| batch.adopt_group(new, timeline))
+    }
+
+    // ---- sessions ----
+
+    pub fn get_session(&self, session_id: &str) -> Result<Session> {
+        let session = ids::parse("session_id", session_id)?;
+        self.reader()?.session(session)
+    }
+
+    /// Every session of a group, archived ones included.
+    pub fn sessions_of(&self, group_id: &str) -> Result<Vec<Session>> {
+        let group = ids::parse("group_id", group_id)?;
+        self.reader()?.sessions_of(group)
+    }
+
+    /// Hides a session from the host's lists (reversible with [`Coven::summon_session`]).
+    pub fn archive_session(&self, session_id: &str) -> Result<Session> {
+        let session = ids::parse("session_id", session_id)?;
+        self.write(move |batch| batch.set_archived(session, true))
+    }
+
+    /// Restores an archived session.
+    pub fn summon_session(&self, session_id: &str) -> Result<Session> {
+        let session = ids::parse("session_id", session_id)?;
+        self.write(move |batch| batch.set_archived(session, false))
+    }
+
+    /// Permanently deletes a session that is neither running nor a current member's. The
+    /// timeline keeps the member's events.
+    pub fn sacrifice_session(&self, session_id: &str) -> Result<()> {
+        let session = ids::parse("session_id", session_id)?;
+        self.write(move |batch| batch.sacrifice_session(session))
+    }
+
+    pub(crate) fn hub(&self) -> &Hub {
+        &self.hub
+    }
+}
+
+impl Drop for Coven {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

@@ -1,0 +1,43 @@
+//! coven-group: a group chat with AI familiars as one durable object with one canonical timeline.
+//!
+//! A [`Coven`] is an open store. Groups own their members' child sessions and one timeline whose
+//! events carry a group-scoped `seq` (contiguous from 1, never reused) and whose every committed
+//! change carries a group-scoped `rev`, so every device and view reconstructs the same transcript.
+//! All writes go through one group-committing writer thread; reads run on the caller's thread.
+//!
+//! ```no_run
+//! use coven_group::{Config, Coven, Familiar};
+//!
+//! let coven = Coven::open("chat.redb", Config::default())?;
+//! coven.register_familiar(Familiar::new("ada", "Ada", "scripted"))?;
+//! coven.register_familiar(Familiar::new("bo", "Bo", "scripted"))?;
+//! let group = coven.create_group(None, vec!["ada".into(), "bo".into()], None)?;
+//! let hello = coven.append_user_message(&group.id, "Hello, both".into(), Some("Sam".into()))?;
+//! assert_eq!(hello.seq, 1);
+//! let snapshot = coven.get_group(&group.id)?;
+//! for event in &snapshot.events {
+//!     println!("#{} {}", event.seq, event.text);
+//! }
+//! # Ok::<(), coven_group::Error>(())
+//! ```
+
+mod adopt;
+mod coven;
+mod error;
+mod guard;
+mod hub;
+mod ids;
+mod model;
+mod store;
+mod validate;
+
+pub use adopt::MERGE_WINDOW as ADOPT_MERGE_WINDOW;
+pub use coven::{Coven, BUILTIN_HARNESSES};
+pub use error::{Error, Result};
+pub use model::*;
+pub use validate::{
+    MAX_ADOPTED_MESSAGES, MAX_CONSUMER_LEN, MAX_FAMILIAR_ID_LEN, MAX_MEMBERS, MAX_NAME_CHARS,
+    MAX_PAGE, MAX_PREAMBLE_BYTES, MAX_TEXT_BYTES, MAX_TITLE_CHARS,
+};
+
+uniffi::setup_scaffolding!();

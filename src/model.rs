@@ -1,0 +1,281 @@
+//! The records every host sees: familiars, groups, events, sessions, changes.
+//!
+//! Ids cross every boundary as strings (UUIDs for groups, sessions and turns; host-chosen slugs
+//! for familiars) and are parsed in Rust, so Swift, Kotlin, Python and Rust callers see one shape.
+
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+/// A named agent persona that can be a member of groups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, uniffi::Record)]
+pub struct Familiar {
+    /// Stable slug chosen by the host: 1–64 characters of `A-Z a-z 0-9 . _ -`.
+    pub id: String,
+    /// Name shown in the roster and on its replies.
+    pub display_name: String,
+    /// Harness kind that runs this familiar: `scripted`, `command`, `claude`, `codex`, or the
+    /// name of a host harness registered with [`crate::Coven::register_host_harness`].
+    pub harness: String,
+    /// Model name passed to the harness, when it takes one.
+    #[uniffi(default = None)]
+    pub model: Option<String>,
+    /// Persona text prepended to every prompt this familiar receives.
+    #[uniffi(default = None)]
+    pub preamble: Option<String>,
+    /// Program and arguments for the `command` harness (the program must be allowlisted in
+    /// [`Config::allowed_programs`]); empty for every other harness.
+    #[uniffi(default = [])]
+    pub argv: Vec<String>,
+    /// Working directory for process harnesses; must resolve inside the group's project root.
+    #[uniffi(default = None)]
+    pub cwd: Option<String>,
+}
+
+impl Familiar {
+    /// A familiar with the given id, display name and harness and nothing else set.
+    pub fn new(
+        id: impl Into<String>,
+        display_name: impl Into<String>,
+        harness: impl Into<String>,
+    ) -> Self {
+        Self {
+            id: id.into(),
+            display_name: display_name.into(),
+            harness: harness.into(),
+            model: None,
+            preamble: None,
+            argv: Vec::new(),
+            cwd: None,
+        }
+    }
+}
+
+/// One member of a group and the child session that carries its side of the conversation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, uniffi::Record)]
+pub struct Member {
+    pub familiar_id: String,
+    pub session_id: String,
+}
+
+/// A group chat: one durable object with one canonical timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, uniffi::Record)]
+pub struct GroupConversation {
+    pub id: String,
+    pub title: String,
+    /// Current members in roster order, each with its child session.
+    pub members: Vec<Member>,
+    /// Canonical project root (an existing directory) that bounds every process harness's cwd.
+    pub project_root: Option<String>,
+    pub created_at: SystemTime,
+    /// Time of the group's latest committed change (its last activity).
+    pub updated_at: SystemTime,
+}
+
+impl GroupConversation {
+    /// Familiar ids of the current members, in roster order.
+    pub fn member_ids(&self) -> Vec<String> {
+        self.members.iter().map(|m| m.familiar_id.clone()).collect()
+    }
+
+    /// The child session of a current member.
+    pub fn session_of(&self, familiar_id: &str) -> Option<&str> {
+        self.members
+            .iter()
+            .find(|m| m.familiar_id == familiar_id)
+            .map(|m| m.session_id.as_str())
+    }
+}
+
+/// Who wrote an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, uniffi::Enum)]
+pub enum EventKind {
+    User,
+    Familiar,
+    System,
+}
+
+/// What a system event records.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, uniffi::Enum)]
+pub enum SystemNotice {
+    Renamed { from: String, to: String },
+    MemberAdded { familiar_id: String },
+    MemberRemoved { familiar_id: String },
+}
+
+/// Why a familiar's reply did not finish normally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, uniffi::Enum)]
+pub enum ReplyErrorKind {
+    /// The harness could not start, exited non-zero, crashed, or produced invalid output.
+    Failed,
+    /// The harness produced nothing for longer than the configured timeout.
+    TimedOut,
+    /// The turn was cancelled; the partial text is kept.
+    Cancelled,
+    /// The process hosting the turn stopped mid-reply; the partial text is kept.
+    Interrupted,
+}
+
+/// The error marker on a reply that did not finish normally.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, uniffi::Record)]
+pub struct ReplyError {
+    pub kind: ReplyErrorKind,
+    pub message: String,
+}
+
+/// One entry of a group's timeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, uniffi::Record)]
+pub struct GroupEvent {
+    pub group_id: String,
+    /// Canonical position: contiguous from 1 per group, never reused.
+    pub seq: u64,
+    /// Rev of the latest committed change to this event.
+    pub rev: u64,
+    pub kind: EventKind,
+    /// The familiar that wrote a `Familiar` event.
+    pub familiar_id: Option<String>,
+    /// The author of a `User` event, when the host names one.
+    pub author: Option<String>,
+    /// The turn a user message started or a reply answers.
+    pub turn_id: Option<String>,
+    pub text: String,
+    /// True while a familiar's reply is still arriving.
+    pub streaming: bool,
+    pub error: Option<ReplyError>,
+    pub notice: Option<SystemNotice>,
+    pub timestamp: SystemTime,
+}
+
+/// Lifecycle of a child session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, uniffi::Enum)]
+pub enum SessionStatus {
+    /// Ready for its next turn.
+    Idle,
+    /// A harness run is in progress.
+    Running,
+    /// The last turn ended in an error; the next turn may run again.
+    Failed,
+}
+
+/// A member's child session: individually addressable, keeps the harness resume token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, uniffi::Record)]
+pub struct Session {
+    pub id: String,
+    pub group_id: String,
+    pub familiar_id: String,
+    pub harness: String,
+    pub status: SessionStatus,
+    /// The harness's own conversation id (claude session id, codex thread id).
+    pub resume_token: Option<String>,
+    /// Hidden from the host's lists; reversible with `summon_session`.
+    pub archived: bool,
+    pub created_at: SystemTime,
+    pub updated_at: SystemTime,
+}
+
+/// A group with its whole timeline, as of `rev`.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct GroupSnapshot {
+    pub group: GroupConversation,
+    pub events: Vec<GroupEvent>,
+    /// The group's latest committed rev this snapshot reflects; follow with changes after it.
+    pub rev: u64,
+}
+
+/// What one committed change did to a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, uniffi::Enum)]
+pub enum GroupUpdate {
+    /// The group was created (or adopted) with this state.
+    GroupCreated { group: GroupConversation },
+    /// Title or membership changed; carries the new state.
+    GroupChanged { group: GroupConversation },
+    /// An event joined the timeline (a user message, a system event, or a reply's first output).
+    EventAppended { event: GroupEvent },
+    /// More text streamed into a reply.
+    ReplyDelta {
+        seq: u64,
+        familiar_id: String,
+        text: String,
+    },
+    /// A reply finished (normally or with its error marker); carries the final event.
+    ReplyFinished { event: GroupEvent },
+    /// A child session changed (status, resume token, archived flag).
+    SessionChanged { session: Session },
+    /// A child session was permanently deleted.
+    SessionSacrificed { session_id: String },
+    /// The group was deleted; nothing follows.
+    GroupDeleted,
+}
+
+/// One committed change, in rev order.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct GroupChange {
+    pub group_id: String,
+    pub rev: u64,
+    pub update: GroupUpdate,
+}
+
+/// Who wrote a message in a session's pre-existing history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum HistoryRole {
+    User,
+    Familiar,
+}
+
+/// One message of a session's history, as the host kept it before adoption.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct HistoryMessage {
+    pub role: HistoryRole,
+    pub text: String,
+    pub timestamp: SystemTime,
+    #[uniffi(default = None)]
+    pub author: Option<String>,
+}
+
+/// One existing session to wrap into an adopted group.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct AdoptedMember {
+    pub familiar_id: String,
+    /// The existing session's id (a UUID); it is reused, not copied.
+    pub session_id: String,
+    pub history: Vec<HistoryMessage>,
+}
+
+/// How a store behaves. `Config::default()` is durable with sensible limits.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Config {
+    /// Acknowledge a write only after an fsync'd commit. When false, a crash may lose the most
+    /// recent acknowledged writes (never the order or contiguity of what survives).
+    #[uniffi(default = true)]
+    pub durable: bool,
+    /// Largest number of member runs executing at once across the store.
+    #[uniffi(default = 8)]
+    pub max_concurrent_runs: u32,
+    /// A member that produces no output for this long is stopped and marked timed out.
+    #[uniffi(default = 300000)]
+    pub silence_timeout_ms: u64,
+    /// Delay between the words a `scripted` familiar streams.
+    #[uniffi(default = 0)]
+    pub scripted_delay_ms: u64,
+    /// Programs (bare names or absolute paths) the `command` harness may run.
+    #[uniffi(default = [])]
+    pub allowed_programs: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            durable: true,
+            max_concurrent_runs: 8,
+            silence_timeout_ms: 300_000,
+            scripted_delay_ms: 0,
+            allowed_programs: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    pub(crate) fn silence_timeout(&self) -> Duration {
+        Duration::from_millis(self.silence_timeout_ms)
+    }
+}

@@ -1,0 +1,235 @@
+//! The redb store: schema, reads on the caller's thread, and (in [`writer`]) the one thread that
+//! writes.
+
+pub mod codec;
+pub mod ops;
+pub mod tables;
+pub mod writer;
+
+use std::fs::OpenOptions;
+use std::path::Path;
+
+use redb::{backends::InMemoryBackend, Database, ReadTransaction, ReadableDatabase, ReadableTable};
+
+use crate::error::{Error, Result};
+use crate::ids;
+use crate::model::{
+    Familiar, GroupChange, GroupConversation, GroupEvent, GroupSnapshot, GroupUpdate, Session,
+};
+use tables::*;
+
+/// Opens (creating if needed) a store file and brings its schema up to date.
+pub fn open_file(path: &Path) -> Result<Database> {
+    create_private(path)?;
+    let db = Database::builder().create(path)?;
+    init_schema(&db)?;
+    Ok(db)
+}
+
+/// A store that lives in memory and vanishes with its handle.
+pub fn open_memory() -> Result<Database> {
+    let db = Database::builder().create_with_backend(InMemoryBackend::new())?;
+    init_schema(&db)?;
+    Ok(db)
+}
+
+/// A new store file is readable by its owner only: conversations are private.
+fn create_private(path: &Path) -> Result<()> {
+    let mut options = OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(err) => Err(Error::storage(format!(
+            "cannot create store file {}: {err}",
+            path.display()
+        ))),
+    }
+}
+
+fn init_schema(db: &Database) -> Result<()> {
+    // Refuse a newer file before writing anything to it.
+    let read = db.begin_read()?;
+    match read.open_table(META) {
+        Ok(meta) => {
+            if let Some(version) = meta.get(SCHEMA_KEY)? {
+                let version = version.value();
+                if version > SCHEMA_VERSION {
+                    return Err(Error::storage(format!(
+                        "store schema version {version} is newer than this release supports \
+                         ({SCHEMA_VERSION}); upgrade coven-group to open it"
+                    )));
+                }
+            }
+        }
+        Err(redb::TableError::TableDoesNotExist(_)) => {}
+        Err(err) => return Err(err.into()),
+    }
+    drop(read);
+
+    let write = db.begin_write()?;
+    {
+        write.open_table(META)?.insert(SCHEMA_KEY, SCHEMA_VERSION)?;
+        write.open_table(FAMILIARS)?;
+        write.open_table(GROUPS)?;
+        write.open_table(HEADS)?;
+        write.open_table(EVENTS)?;
+        write.open_table(REPLY_CHUNKS)?;
+        write.open_table(CHANGES)?;
+        write.open_table(SESSIONS)?;
+        write.open_table(GROUP_SESSIONS)?;
+        write.open_table(CURSORS)?;
+        write.open_table(TURNS)?;
+    }
+    write.commit()?;
+    Ok(())
+}
+
+/// A consistent view of the store as of one commit.
+pub struct Reader {
+    txn: ReadTransaction,
+}
+
+impl Reader {
+    pub fn new(db: &Database) -> Result<Self> {
+        Ok(Self {
+            txn: db.begin_read()?,
+        })
+    }
+
+    pub fn familiar(&self, id: &str) -> Result<Option<Familiar>> {
+        load(&self.txn.open_table(FAMILIARS)?, id)
+    }
+
+    pub fn familiars(&self) -> Result<Vec<Familiar>> {
+        let table = self.txn.open_table(FAMILIARS)?;
+        table
+            .iter()?
+            .map(|entry| codec::decode(entry?.1.value()))
+            .collect()
+    }
+
+    pub fn head(&self, group: u128) -> Result<Head> {
+        load(&self.txn.open_table(HEADS)?, group)?
+            .ok_or_else(|| Error::not_found("group", ids::to_string(group)))
+    }
+
+    /// The group with `updated_at` set to its latest activity.
+    pub fn group(&self, group: u128) -> Result<GroupConversation> {
+        let mut record: GroupConversation = load(&self.txn.open_table(GROUPS)?, group)?
+            .ok_or_else(|| Error::not_found("group", ids::to_string(group)))?;
+        record.updated_at = self.head(group)?.active_at;
+        Ok(record)
+    }
+
+    /// Every group, most recently active first.
+    pub fn groups(&self) -> Result<Vec<GroupConversation>> {
+        let groups = self.txn.open_table(GROUPS)?;
+        let heads = self.txn.open_table(HEADS)?;
+        let mut out = Vec::new();
+        for entry in groups.iter()? {
+            let (key, value) = entry?;
+            let mut record: GroupConversation = codec::decode(value.value())?;
+            if let Some(head) = load::<u128, Head>(&heads, key.value())? {
+                record.updated_at = head.active_at;
+            }
+            out.push(record);
+        }
+        out.sort_by(|a, b| b.updated_at.cmp(&a.updated_at).then(b.id.cmp(&a.id)));
+        Ok(out)
+    }
+
+    /// Up to `limit` events with seq greater than `after_seq`, in seq order.
+    pub fn events(&self, group: u128, after_seq: u64, limit: u32) -> Result<Vec<GroupEvent>> {
+        let head = self.head(group)?;
+        if after_seq > head.seq() {
+            return Err(Error::invalid(
+                "after_seq",
+                format!("{after_seq} is beyond the group's latest seq {}", head.seq()),
+            ));
+        }
+        let events = self.txn.open_table(EVENTS)?;
+        let chunks = self.txn.open_table(REPLY_CHUNKS)?;
+        let mut out = Vec::new();
+        let first = after_seq.saturating_add(1);
+        for entry in events
+            .range((group, first)..=(group, u64::MAX))?
+            .take(limit as usize)
+        {
+            let event: GroupEvent = codec::decode(entry?.1.value())?;
+            out.push(complete_event(&chunks, group, event)?);
+        }
+        Ok(out)
+    }
+
+    pub fn snapshot(&self, group: u128) -> Result<GroupSnapshot> {
+        let record = self.group(group)?;
+        let head = self.head(group)?;
+        let events = self.events(group, 0, u32::MAX)?;
+        Ok(GroupSnapshot {
+            group: record,
+            events,
+            rev: head.rev(),
+        })
+    }
+
+    /// Up to `limit` changes with rev greater than `after_rev`, in rev order.
+    pub fn changes(&self, group: u128, after_rev: u64, limit: u32) -> Result<Vec<GroupChange>> {
+        let head = self.head(group)?;
+        if after_rev > head.rev() {
+            return Err(Error::invalid(
+                "after_rev",
+                format!("{after_rev} is beyond the group's latest rev {}", head.rev()),
+            ));
+        }
+        let changes = self.txn.open_table(CHANGES)?;
+        let group_id = ids::to_string(group);
+        let mut out = Vec::new();
+        for entry in changes
+            .range((group, after_rev.saturating_add(1))..=(group, u64::MAX))?
+            .take(limit as usize)
+        {
+            let (key, value) = entry?;
+            let update: GroupUpdate = codec::decode(value.value())?;
+            out.push(GroupChange {
+                group_id: group_id.clone(),
+                rev: key.value().1,
+                update,
+            });
+        }
+        Ok(out)
+    }
+
+    pub fn session(&self, session: u128) -> Result<Session> {
+        load(&self.txn.open_table(SESSIONS)?, session)?
+            .ok_or_else(|| Error::not_found("session", ids::to_string(session)))
+    }
+
+    /// Every session of a group, archived ones included, oldest first.
+    pub fn sessions_of(&self, group: u128) -> Result<Vec<Session>> {
+        self.head(group)?;
+        let index = self.txn.open_table(GROUP_SESSIONS)?;
+        let sessions = self.txn.open_table(SESSIONS)?;
+        let mut out = Vec::new();
+        for entry in index.range((group, 0)..=(group, u128::MAX))? {
+            let (key, _) = entry?;
+            if let Some(session) = load(&sessions, key.value().1)? {
+                out.push(session);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn cursor(&self, group: u128, consumer: &str) -> Result<Option<u64>> {
+        self.head(group)?;
+        let cursors = self.txn.open_table(CURSORS)?;
+        let value = cursors.get((group, consumer))?.map(|guard| guard.value());
+        Ok(value)
+    }
+
+    pub fn turn(&self, group: u128) -> Result<Option<TurnRecord>> {
+        load(&self.txn.open_table(TURNS)?, group)
+    }
+}

@@ -1,0 +1,379 @@
+//! The mutations, as run by the writer inside one batch. Each checks everything against the
+//! current state first and writes only once nothing can refuse, so a refused call leaves the
+//! store as it was.
+
+use std::time::SystemTime;
+
+use redb::ReadableTable;
+
+use super::codec;
+use super::tables::*;
+use super::writer::Batch;
+use crate::error::{Error, Result};
+use crate::ids;
+use crate::model::{
+    EventKind, Familiar, GroupConversation, GroupEvent, GroupUpdate, Member, ReplyError, Session,
+    SessionStatus, SystemNotice,
+};
+use crate::validate::MAX_MEMBERS;
+
+/// A new event before the store gives it a seq and rev.
+pub struct NewEvent {
+    pub kind: EventKind,
+    pub familiar_id: Option<String>,
+    pub author: Option<String>,
+    pub turn_id: Option<String>,
+    pub text: String,
+    pub streaming: bool,
+    pub error: Option<ReplyError>,
+    pub notice: Option<SystemNotice>,
+    pub timestamp: Option<SystemTime>,
+}
+
+impl NewEvent {
+    pub fn user(text: String, author: Option<String>, turn_id: Option<String>) -> Self {
+        Self {
+            kind: EventKind::User,
+            familiar_id: None,
+            author,
+            turn_id,
+            text,
+            streaming: false,
+            error: None,
+            notice: None,
+            timestamp: None,
+        }
+    }
+
+    pub fn familiar(familiar_id: String, text: String) -> Self {
+        Self {
+            kind: EventKind::Familiar,
+            familiar_id: Some(familiar_id),
+            ..Self::user(text, None, None)
+        }
+    }
+
+    fn system(notice: SystemNotice, text: String) -> Self {
+        Self {
+            kind: EventKind::System,
+            notice: Some(notice),
+            ..Self::user(text, None, None)
+        }
+    }
+}
+
+/// What a new group is made of; sessions are provisioned for each member.
+pub struct NewGroup {
+    pub id: u128,
+    pub title: Option<String>,
+    /// Familiar ids with the session id each one gets.
+    pub members: Vec<(String, u128)>,
+    pub project_root: Option<String>,
+}
+
+impl<'txn> Batch<'txn> {
+    pub fn familiar(&self, id: &str) -> Result<Familiar> {
+        load(&self.familiars, id)?.ok_or_else(|| Error::not_found("familiar", id))
+    }
+
+    pub fn group(&mut self, group: u128) -> Result<GroupConversation> {
+        let head = self.head(group)?;
+        let mut record: GroupConversation = load(&self.groups, group)?
+            .ok_or_else(|| Error::not_found("group", ids::to_string(group)))?;
+        record.updated_at = head.active_at;
+        Ok(record)
+    }
+
+    pub fn session(&self, session: u128) -> Result<Session> {
+        load(&self.sessions, session)?
+            .ok_or_else(|| Error::not_found("session", ids::to_string(session)))
+    }
+
+    pub fn store_session(&mut self, session: &Session) -> Result<()> {
+        let key = ids::parse("session_id", &session.id)?;
+        self.sessions.insert(key, codec::encode(session)?.as_slice())?;
+        Ok(())
+    }
+
+    /// Stores the group and records a `GroupChanged` (or `GroupCreated`) change carrying it.
+    fn store_group(&mut self, group: u128, mut record: GroupConversation, created: bool) -> Result<GroupConversation> {
+        record.updated_at = self.now;
+        self.groups.insert(group, codec::encode(&record)?.as_slice())?;
+        let update = if created {
+            GroupUpdate::GroupCreated {
+                group: record.clone(),
+            }
+        } else {
+            GroupUpdate::GroupChanged {
+                group: record.clone(),
+            }
+        };
+        self.record(group, update)?;
+        Ok(record)
+    }
+
+    /// Appends an event: claims its seq and rev, stores it, records `EventAppended`.
+    pub fn append(&mut self, group: u128, new: NewEvent) -> Result<GroupEvent> {
+        let seq = self.next_seq(group)?;
+        let rev = self.peek_rev(group)?;
+        let event = GroupEvent {
+            group_id: ids::to_string(group),
+            seq,
+            rev,
+            kind: new.kind,
+            familiar_id: new.familiar_id,
+            author: new.author,
+            turn_id: new.turn_id,
+            text: new.text,
+            streaming: new.streaming,
+            error: new.error,
+            notice: new.notice,
+            timestamp: new.timestamp.unwrap_or(self.now),
+        };
+        self.events
+            .insert((group, seq), codec::encode(&event)?.as_slice())?;
+        self.record(
+            group,
+            GroupUpdate::EventAppended {
+                event: event.clone(),
+            },
+        )?;
+        Ok(event)
+    }
+
+    pub fn register_familiar(&mut self, familiar: Familiar) -> Result<Familiar> {
+        if let Some(existing) = load::<&str, Familiar>(&self.familiars, familiar.id.as_str())? {
+            if existing.harness != familiar.harness {
+                return Err(Error::conflict(format!(
+                    "familiar {:?} is already registered with harness {:?}, not {:?}",
+                    familiar.id, existing.harness, familiar.harness
+                )));
+            }
+        }
+        self.familiars
+            .insert(familiar.id.as_str(), codec::encode(&familiar)?.as_slice())?;
+        Ok(familiar)
+    }
+
+    fn check_new_sessions(&self, members: &[(String, u128)]) -> Result<Vec<Familiar>> {
+        let mut familiars = Vec::with_capacity(members.len());
+        for (familiar_id, session) in members {
+            familiars.push(self.familiar(familiar_id)?);
+            if load::<u128, Session>(&self.sessions, *session)?.is_some() {
+                return Err(Error::conflict(format!(
+                    "session {} already exists",
+                    ids::to_string(*session)
+                )));
+            }
+        }
+        Ok(familiars)
+    }
+
+    fn provision_session(&mut self, group: u128, familiar: &Familiar, session: u128) -> Result<()> {
+        let record = Session {
+            id: ids::to_string(session),
+            group_id: ids::to_string(group),
+            familiar_id: familiar.id.clone(),
+            harness: familiar.harness.clone(),
+            status: SessionStatus::Idle,
+            resume_token: None,
+            archived: false,
+            created_at: self.now,
+            updated_at: self.now,
+        };
+        self.store_session(&record)?;
+        self.group_sessions.insert((group, session), ())?;
+        Ok(())
+    }
+
+    pub fn create_group(&mut self, new: NewGroup) -> Result<GroupConversation> {
+        let familiars = self.check_new_sessions(&new.members)?;
+        let title = new.title.unwrap_or_else(|| default_title(&familiars));
+        for (familiar, (_, session)) in familiars.iter().zip(&new.members) {
+            self.provision_session(new.id, familiar, *session)?;
+        }
+        let record = GroupConversation {
+            id: ids::to_string(new.id),
+            title,
+            members: new
+                .members
+                .iter()
+                .map(|(familiar_id, session)| Member {
+                    familiar_id: familiar_id.clone(),
+                    session_id: ids::to_string(*session),
+                })
+                .collect(),
+            project_root: new.project_root,
+            created_at: self.now,
+            updated_at: self.now,
+        };
+        self.create_head(new.id);
+        self.store_group(new.id, record, true)
+    }
+
+    pub fn rename_group(&mut self, group: u128, title: String) -> Result<GroupConversation> {
+        let mut record = self.group(group)?;
+        if record.title == title {
+            return Ok(record);
+        }
+        let from = std::mem::replace(&mut record.title, title.clone());
+        let text = format!("Group renamed from \u{201c}{from}\u{201d} to \u{201c}{title}\u{201d}");
+        self.append(group, NewEvent::system(SystemNotice::Renamed { from, to: title }, text))?;
+        self.store_group(group, record, false)
+    }
+
+    pub fn add_member(&mut self, group: u128, familiar_id: String) -> Result<GroupConversation> {
+        let mut record = self.group(group)?;
+        let familiar = self.familiar(&familiar_id)?;
+        if record.session_of(&familiar_id).is_some() {
+            return Err(Error::conflict(format!(
+                "familiar {familiar_id:?} is already a member of this group"
+            )));
+        }
+        if record.members.len() >= MAX_MEMBERS {
+            return Err(Error::conflict(format!(
+                "the group already has the maximum of {MAX_MEMBERS} members"
+            )));
+        }
+        let session = ids::new_id();
+        self.provision_session(group, &familiar, session)?;
+        record.members.push(Member {
+            familiar_id: familiar_id.clone(),
+            session_id: ids::to_string(session),
+        });
+        let text = format!("{} joined the group", familiar.display_name);
+        self.append(group, NewEvent::system(SystemNotice::MemberAdded { familiar_id }, text))?;
+        self.store_group(group, record, false)
+    }
+
+    pub fn remove_member(&mut self, group: u128, familiar_id: String) -> Result<GroupConversation> {
+        let mut record = self.group(group)?;
+        let Some(position) = record
+            .members
+            .iter()
+            .position(|m| m.familiar_id == familiar_id)
+        else {
+            return Err(Error::not_found("member", familiar_id));
+        };
+        if record.members.len() == 1 {
+            return Err(Error::conflict(
+                "a group keeps at least one member; delete the group instead",
+            ));
+        }
+        if let Some(turn) = load::<u128, TurnRecord>(&self.turns, group)? {
+            if turn.pending.contains(&familiar_id) {
+                return Err(Error::conflict(format!(
+                    "{familiar_id:?} is still replying in turn {}; cancel or wait for it first",
+                    ids::to_string(turn.turn_id)
+                )));
+            }
+        }
+        let member = record.members.remove(position);
+        let mut session = self.session(ids::parse("session_id", &member.session_id)?)?;
+        let display_name = self
+            .familiar(&familiar_id)
+            .map(|f| f.display_name)
+            .unwrap_or_else(|_| familiar_id.clone());
+        session.archived = true;
+        session.updated_at = self.now;
+        self.store_session(&session)?;
+        let text = format!("{display_name} left the group");
+        self.append(group, NewEvent::system(SystemNotice::MemberRemoved { familiar_id }, text))?;
+        self.record(group, GroupUpdate::SessionChanged { session })?;
+        self.store_group(group, record, false)
+    }
+
+    pub fn delete_group(&mut self, group: u128) -> Result<()> {
+        let head = self.head(group)?;
+        if let Some(turn) = load::<u128, TurnRecord>(&self.turns, group)? {
+            return Err(Error::conflict(format!(
+                "turn {} is still running; cancel it before deleting the group",
+                ids::to_string(turn.turn_id)
+            )));
+        }
+        let mut sessions = Vec::new();
+        for entry in self.group_sessions.range((group, 0)..=(group, u128::MAX))? {
+            sessions.push(entry?.0.value().1);
+        }
+        for session in sessions {
+            self.sessions.remove(session)?;
+        }
+        self.group_sessions
+            .retain_in((group, 0)..=(group, u128::MAX), |_, _| false)?;
+        self.events
+            .retain_in((group, 0)..=(group, u64::MAX), |_, _| false)?;
+        self.reply_chunks
+            .retain_in((group, 0, 0)..=(group, u64::MAX, u64::MAX), |_, _| false)?;
+        self.cursors.retain(|key, _| key.0 != group)?;
+        self.groups.remove(group)?;
+        self.delete_changes(group)?;
+        self.delete_head(group);
+        self.announce(group, head.next_rev, GroupUpdate::GroupDeleted);
+        Ok(())
+    }
+
+    /// Creates a group around existing sessions and appends their interleaved histories.
+    pub fn adopt_group(&mut self, new: NewGroup, timeline: Vec<NewEvent>) -> Result<GroupConversation> {
+        let id = new.id;
+        let group = self.create_group(new)?;
+        for event in timeline {
+            self.append(id, event)?;
+        }
+        Ok(group)
+    }
+
+    pub fn set_archived(&mut self, session: u128, archived: bool) -> Result<Session> {
+        let mut record = self.session(session)?;
+        if record.archived == archived {
+            return Ok(record);
+        }
+        let group = ids::parse("group_id", &record.group_id)?;
+        record.archived = archived;
+        record.updated_at = self.now;
+        self.store_session(&record)?;
+        self.record(
+            group,
+            GroupUpdate::SessionChanged {
+                session: record.clone(),
+            },
+        )?;
+        Ok(record)
+    }
+
+    pub fn sacrifice_session(&mut self, session: u128) -> Result<()> {
+        let record = self.session(session)?;
+        let group = ids::parse("group_id", &record.group_id)?;
+        if record.status == SessionStatus::Running {
+            return Err(Error::conflict(format!(
+                "session {} is running; cancel its turn before sacrificing it",
+                record.id
+            )));
+        }
+        let group_record = self.group(group)?;
+        if group_record.session_of(&record.familiar_id) == Some(record.id.as_str()) {
+            return Err(Error::conflict(format!(
+                "session {} belongs to current member {:?}; remove the member first",
+                record.id, record.familiar_id
+            )));
+        }
+        self.sessions.remove(session)?;
+        self.group_sessions.remove((group, session))?;
+        self.record(
+            group,
+            GroupUpdate::SessionSacrificed {
+                session_id: record.id,
+            },
+        )?;
+        Ok(())
+    }
+}
+
+/// "Alice", "Alice & Bob", "Alice, Bob & Cara".
+fn default_title(familiars: &[Familiar]) -> String {
+    let names: Vec<&str> = familiars.iter().map(|f| f.display_name.as_str()).collect();
+    match names.as_slice() {
+        [] => "Group".to_owned(),
+        [only] => (*only).to_owned(),
+        [rest @ .., last] => format!("{} & {last}", rest.join(", ")),
+    }
+}

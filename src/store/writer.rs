@@ -1,0 +1,384 @@
+//! The one writer. It owns every write transaction: it takes whatever commands are queued, applies
+//! them in one transaction, commits once (group commit), and only then answers each caller and
+//! hands the committed changes to the hub. seq and rev are assigned inside that transaction, so a
+//! crash before the commit leaves no trace and one after it leaves no hole.
+
+use std::collections::hash_map::{Entry, HashMap};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::SystemTime;
+
+use crossbeam_channel::{Receiver, Sender};
+use redb::{Database, Durability, Table, WriteTransaction};
+
+use super::codec;
+use super::tables::*;
+use crate::error::{Error, Result};
+use crate::hub::Hub;
+use crate::ids;
+use crate::model::{GroupChange, GroupUpdate};
+
+/// Most commands folded into one transaction, so one batch cannot delay its callers without bound.
+const MAX_BATCH: usize = 4096;
+/// Commands that may wait for the writer before senders block (backpressure on fast producers).
+const QUEUE_CAPACITY: usize = 8192;
+
+/// Called once the batch holding an operation has committed (or failed).
+pub type Completion = Box<dyn FnOnce(&Result<()>) + Send>;
+
+/// A mutation queued for the writer.
+pub trait WriteOp: Send {
+    /// Applies the mutation inside the batch's transaction. It must check everything before it
+    /// writes anything: an operation that refuses leaves the transaction as it found it.
+    fn apply(self: Box<Self>, batch: &mut Batch<'_>) -> Completion;
+    /// The operation never ran (the batch could not start).
+    fn reject(self: Box<Self>, err: Error);
+}
+
+/// What the writer thread receives.
+pub enum Command {
+    Write(Box<dyn WriteOp>),
+    /// Finish what is queued before this, then stop.
+    Shutdown,
+}
+
+/// A typed operation whose result goes back to a waiting caller.
+struct Call<T, F> {
+    op: F,
+    reply: Sender<Result<T>>,
+}
+
+impl<T, F> WriteOp for Call<T, F>
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Batch<'_>) -> Result<T> + Send,
+{
+    fn apply(self: Box<Self>, batch: &mut Batch<'_>) -> Completion {
+        let Call { op, reply } = *self;
+        let outcome = match catch_unwind(AssertUnwindSafe(|| op(batch))) {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Error::storage("internal error: a write operation panicked")),
+        };
+        match &outcome {
+            Ok(_) => batch.applied += 1,
+            // A storage error may have left the transaction half-written: abandon the batch.
+            Err(err @ Error::Storage { .. }) => batch.fail(err.clone()),
+            Err(_) => {}
+        }
+        Box::new(move |committed: &Result<()>| {
+            let answer = match (outcome, committed) {
+                (Err(refused), _) => Err(refused),
+                (Ok(_), Err(err)) => Err(err.clone()),
+                (Ok(value), Ok(())) => Ok(value),
+            };
+            // The caller may have stopped waiting; its answer is simply dropped.
+            let _ = reply.send(answer);
+        })
+    }
+
+    fn reject(self: Box<Self>, err: Error) {
+        let _ = self.reply.send(Err(err));
+    }
+}
+
+/// Wraps a closure as a queued operation and returns the receiver its result arrives on.
+pub fn call<T, F>(op: F) -> (Command, Receiver<Result<T>>)
+where
+    T: Send + 'static,
+    F: FnOnce(&mut Batch<'_>) -> Result<T> + Send + 'static,
+{
+    let (reply, answer) = crossbeam_channel::bounded(1);
+    (Command::Write(Box::new(Call { op, reply })), answer)
+}
+
+struct HeadSlot {
+    /// `None` once the group is deleted in this batch.
+    head: Option<Head>,
+    dirty: bool,
+}
+
+/// The open tables of one write transaction and what the batch has done so far.
+pub struct Batch<'txn> {
+    pub now: SystemTime,
+    pub familiars: Table<'txn, &'static str, &'static [u8]>,
+    pub groups: Table<'txn, u128, &'static [u8]>,
+    pub events: Table<'txn, (u128, u64), &'static [u8]>,
+    pub reply_chunks: Table<'txn, (u128, u64, u64), &'static str>,
+    pub sessions: Table<'txn, u128, &'static [u8]>,
+    pub group_sessions: Table<'txn, (u128, u128), ()>,
+    pub cursors: Table<'txn, (u128, &'static str), u64>,
+    pub turns: Table<'txn, u128, &'static [u8]>,
+    heads_table: Table<'txn, u128, &'static [u8]>,
+    changes: Table<'txn, (u128, u64), &'static [u8]>,
+    heads: HashMap<u128, HeadSlot>,
+    published: Vec<GroupChange>,
+    applied: usize,
+    failure: Option<Error>,
+}
+
+impl<'txn> Batch<'txn> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Self> {
+        Ok(Self {
+            now: SystemTime::now(),
+            familiars: txn.open_table(FAMILIARS)?,
+            groups: txn.open_table(GROUPS)?,
+            events: txn.open_table(EVENTS)?,
+            reply_chunks: txn.open_table(REPLY_CHUNKS)?,
+            sessions: txn.open_table(SESSIONS)?,
+            group_sessions: txn.open_table(GROUP_SESSIONS)?,
+            cursors: txn.open_table(CURSORS)?,
+            turns: txn.open_table(TURNS)?,
+            heads_table: txn.open_table(HEADS)?,
+            changes: txn.open_table(CHANGES)?,
+            heads: HashMap::new(),
+            published: Vec::new(),
+            applied: 0,
+            failure: None,
+        })
+    }
+
+    fn fail(&mut self, err: Error) {
+        self.failure.get_or_insert(err);
+    }
+
+    fn slot(&mut self, group: u128) -> Result<&mut HeadSlot> {
+        match self.heads.entry(group) {
+            Entry::Occupied(slot) => Ok(slot.into_mut()),
+            Entry::Vacant(vacant) => {
+                let head = load::<u128, Head>(&self.heads_table, group)?;
+                Ok(vacant.insert(HeadSlot { head, dirty: false }))
+            }
+        }
+    }
+
+    /// The group's head, or `NotFound` when the group does not exist.
+    pub fn head(&mut self, group: u128) -> Result<Head> {
+        self.slot(group)?
+            .head
+            .ok_or_else(|| Error::not_found("group", ids::to_string(group)))
+    }
+
+    fn head_mut(&mut self, group: u128) -> Result<&mut Head> {
+        let slot = self.slot(group)?;
+        slot.dirty = true;
+        slot.head
+            .as_mut()
+            .ok_or_else(|| Error::not_found("group", ids::to_string(group)))
+    }
+
+    /// Starts the sequences of a new group.
+    pub fn create_head(&mut self, group: u128) {
+        let head = Head::new(self.now);
+        self.heads.insert(
+            group,
+            HeadSlot {
+                head: Some(head),
+                dirty: true,
+            },
+        );
+    }
+
+    /// Forgets a deleted group's sequences.
+    pub fn delete_head(&mut self, group: u128) {
+        self.heads.insert(
+            group,
+            HeadSlot {
+                head: None,
+                dirty: true,
+            },
+        );
+    }
+
+    /// Claims the group's next seq.
+    pub fn next_seq(&mut self, group: u128) -> Result<u64> {
+        let head = self.head_mut(group)?;
+        let seq = head.next_seq;
+        head.next_seq += 1;
+        Ok(seq)
+    }
+
+    /// The rev the next change of this group will get.
+    pub fn peek_rev(&mut self, group: u128) -> Result<u64> {
+        Ok(self.head(group)?.next_rev)
+    }
+
+    /// Records one change: claims the next rev, stores the change, queues it for publishing.
+    pub fn record(&mut self, group: u128, update: GroupUpdate) -> Result<u64> {
+        let now = self.now;
+        let head = self.head_mut(group)?;
+        let rev = head.next_rev;
+        head.next_rev += 1;
+        head.active_at = now;
+        self.changes
+            .insert((group, rev), codec::encode(&update)?.as_slice())?;
+        self.published.push(GroupChange {
+            group_id: ids::to_string(group),
+            rev,
+            update,
+        });
+        Ok(rev)
+    }
+
+    /// Publishes without storing: the final "deleted" notice of a group whose log is gone.
+    pub fn announce(&mut self, group: u128, rev: u64, update: GroupUpdate) {
+        self.published.push(GroupChange {
+            group_id: ids::to_string(group),
+            rev,
+            update,
+        });
+    }
+
+    /// Removes every stored change of a group.
+    pub fn delete_changes(&mut self, group: u128) -> Result<()> {
+        self.changes
+            .retain_in((group, 0)..=(group, u64::MAX), |_, _| false)?;
+        Ok(())
+    }
+
+    fn flush_heads(&mut self) -> Result<()> {
+        for (group, slot) in &self.heads {
+            if !slot.dirty {
+                continue;
+            }
+            match &slot.head {
+                Some(head) => {
+                    self.heads_table
+                        .insert(*group, codec::encode(head)?.as_slice())?;
+                }
+                None => {
+                    self.heads_table.remove(*group)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Handle to the writer thread.
+pub struct Writer {
+    sender: Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Writer {
+    pub fn start(db: Arc<Database>, durable: bool, hub: Arc<Hub>) -> Result<Self> {
+        let (sender, receiver) = crossbeam_channel::bounded(QUEUE_CAPACITY);
+        let thread = std::thread::Builder::new()
+            .name("coven-writer".into())
+            .spawn(move || run(&db, durable, &hub, &receiver))
+            .map_err(|err| Error::storage(format!("cannot start the writer thread: {err}")))?;
+        Ok(Self {
+            sender,
+            thread: Some(thread),
+        })
+    }
+
+    pub fn sender(&self) -> Sender<Command> {
+        self.sender.clone()
+    }
+
+    /// Lets the writer finish everything queued, then joins it.
+    pub fn shutdown(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = self.sender.send(Command::Shutdown);
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn run(db: &Database, durable: bool, hub: &Hub, receiver: &Receiver<Command>) {
+    let mut ops: Vec<Box<dyn WriteOp>> = Vec::with_capacity(MAX_BATCH);
+    loop {
+        let Ok(first) = receiver.recv() else { return };
+        let mut stop = false;
+        let mut next = Some(first);
+        while let Some(command) = next.take() {
+            match command {
+                Command::Write(op) => ops.push(op),
+                Command::Shutdown => {
+                    stop = true;
+                    break;
+                }
+            }
+            if ops.len() < MAX_BATCH {
+                next = receiver.try_recv().ok();
+            }
+        }
+        if !ops.is_empty() {
+            commit_batch(db, durable, hub, &mut ops);
+        }
+        if stop {
+            return;
+        }
+    }
+}
+
+fn commit_batch(db: &Database, durable: bool, hub: &Hub, ops: &mut Vec<Box<dyn WriteOp>>) {
+    let txn = match begin(db, durable) {
+        Ok(txn) => txn,
+        Err(err) => {
+            for op in ops.drain(..) {
+                op.reject(err.clone());
+            }
+            return;
+        }
+    };
+    let mut completions = Vec::with_capacity(ops.len());
+    let (outcome, published) = match Batch::open(&txn) {
+        Ok(mut batch) => {
+            for op in ops.drain(..) {
+                completions.push(op.apply(&mut batch));
+            }
+            if batch.failure.is_none() {
+                if let Err(err) = batch.flush_heads() {
+                    batch.fail(err);
+                }
+            }
+            let outcome = match batch.failure.take() {
+                Some(err) => Err(err),
+                None => Ok(batch.applied > 0),
+            };
+            (outcome, std::mem::take(&mut batch.published))
+        }
+        Err(err) => {
+            for op in ops.drain(..) {
+                op.reject(err.clone());
+            }
+            return;
+        }
+    };
+    let committed = match outcome {
+        // Only refusals: leave the file exactly as it was.
+        Ok(false) => txn.abort().map_err(Error::from),
+        Ok(true) => txn.commit().map_err(Error::from),
+        Err(err) => {
+            let _ = txn.abort();
+            Err(err)
+        }
+    };
+    for completion in completions {
+        completion(&committed);
+    }
+    if committed.is_ok() && !published.is_empty() {
+        hub.publish(published);
+    }
+}
+
+fn begin(db: &Database, durable: bool) -> Result<WriteTransaction> {
+    let mut txn = db.begin_write()?;
+    let durability = if durable {
+        Durability::Immediate
+    } else {
+        Durability::None
+    };
+    txn.set_durability(durability)
+        .map_err(|err| Error::storage(format!("cannot set durability: {err}")))?;
+    Ok(txn)
+}
