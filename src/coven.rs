@@ -2,9 +2,11 @@
 //! thread, then either read in a read transaction or queue one operation for the writer and wait
 //! for its commit.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use parking_lot::{Mutex, RwLock};
@@ -12,14 +14,17 @@ use redb::Database;
 
 use crate::adopt;
 use crate::error::{Error, Result};
+use crate::fanout::Fanout;
 use crate::guard;
+use crate::harness::{self, Harness};
 use crate::hub::Hub;
 use crate::ids;
 use crate::model::{
     AdoptedMember, Config, Familiar, GroupChange, GroupConversation, GroupEvent, GroupSnapshot,
-    Session,
+    Session, TurnHandle,
 };
 use crate::store::ops::{NewEvent, NewGroup};
+use crate::store::turns::Recovery;
 use crate::store::writer::{self, Batch, Command, Writer};
 use crate::store::{self, Reader};
 use crate::validate;
@@ -33,8 +38,12 @@ pub struct Coven {
     db: RwLock<Option<Arc<Database>>>,
     sender: Sender<Command>,
     writer: Mutex<Option<Writer>>,
+    fanout: Fanout,
+    /// Every harness by kind name: the built-ins, then whatever the host registers.
+    harnesses: RwLock<HashMap<String, Arc<dyn Harness>>>,
     hub: Arc<Hub>,
     config: Config,
+    recovery: Recovery,
     closed: AtomicBool,
 }
 
@@ -52,19 +61,47 @@ impl Coven {
 
     fn start(db: Database, config: Config) -> Result<Self> {
         if config.max_concurrent_runs == 0 {
-            return Err(Error::invalid("config.max_concurrent_runs", "must be at least 1"));
+            return Err(Error::invalid(
+                "config.max_concurrent_runs",
+                "must be at least 1",
+            ));
+        }
+        if config.silence_timeout_ms == 0 {
+            return Err(Error::invalid(
+                "config.silence_timeout_ms",
+                "must be at least 1",
+            ));
         }
         let db = Arc::new(db);
         let hub = Arc::new(Hub::default());
         let writer = Writer::start(db.clone(), config.durable, hub.clone())?;
+        let sender = writer.sender();
+        // Repair whatever a previous process left running before anything else is served.
+        let (command, answer) = writer::call(|batch| batch.recover());
+        sender.send(command).map_err(|_| Error::Closed)?;
+        let recovery = answer.recv().map_err(|_| Error::Closed)??;
+        let fanout = Fanout::start(
+            sender.clone(),
+            config.max_concurrent_runs,
+            config.silence_timeout(),
+        )?;
         Ok(Self {
             db: RwLock::new(Some(db)),
-            sender: writer.sender(),
+            sender,
             writer: Mutex::new(Some(writer)),
+            fanout,
+            harnesses: RwLock::new(builtin_harnesses(&config)),
             hub,
             config,
+            recovery,
             closed: AtomicBool::new(false),
         })
+    }
+
+    /// What opening repaired: replies a crash left streaming, sessions left running, turn locks.
+    pub fn recovery(&self) -> (u64, u64, u64) {
+        let r = &self.recovery;
+        (r.interrupted_replies, r.failed_sessions, r.released_turns)
     }
 
     /// The configuration this store was opened with.
@@ -76,6 +113,8 @@ impl Coven {
     /// calls return `Closed`. Closing twice is harmless.
     pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
+        // Running turns end as cancelled and their outcomes commit before the writer stops.
+        self.fanout.shutdown();
         if let Some(mut writer) = self.writer.lock().take() {
             writer.shutdown();
         }
@@ -111,16 +150,20 @@ impl Coven {
     }
 
     fn check_harness(&self, familiar: &Familiar) -> Result<()> {
-        if !BUILTIN_HARNESSES.contains(&familiar.harness.as_str()) {
+        let harnesses = self.harnesses.read();
+        if !harnesses.contains_key(&familiar.harness) {
+            let mut known: Vec<&str> = harnesses.keys().map(String::as_str).collect();
+            known.sort_unstable();
             return Err(Error::invalid(
                 "familiar.harness",
                 format!(
                     "unknown harness kind {:?}; known kinds: {}",
                     familiar.harness,
-                    BUILTIN_HARNESSES.join(", ")
+                    known.join(", ")
                 ),
             ));
         }
+        drop(harnesses);
         match (familiar.harness.as_str(), familiar.argv.first()) {
             ("command", None) => Err(Error::invalid(
                 "familiar.argv",
@@ -138,7 +181,10 @@ impl Coven {
             ("command", Some(_)) => Ok(()),
             (_, Some(_)) => Err(Error::invalid(
                 "familiar.argv",
-                format!("only the command harness takes argv, not {:?}", familiar.harness),
+                format!(
+                    "only the command harness takes argv, not {:?}",
+                    familiar.harness
+                ),
             )),
             (_, None) => Ok(()),
         }
@@ -170,11 +216,16 @@ impl Coven {
             validate::title(title)?;
         }
         validate::members("member_ids", &member_ids)?;
-        let project_root = project_root.map(|root| guard::canonical_root(&root)).transpose()?;
+        let project_root = project_root
+            .map(|root| guard::canonical_root(&root))
+            .transpose()?;
         let new = NewGroup {
             id: ids::new_id(),
             title,
-            members: member_ids.into_iter().map(|id| (id, ids::new_id())).collect(),
+            members: member_ids
+                .into_iter()
+                .map(|id| (id, ids::new_id()))
+                .collect(),
             project_root,
         };
         self.write(move |batch| batch.create_group(new))
@@ -193,14 +244,24 @@ impl Coven {
     }
 
     /// Up to `limit` events with seq greater than `after_seq`.
-    pub fn events_since(&self, group_id: &str, after_seq: u64, limit: u32) -> Result<Vec<GroupEvent>> {
+    pub fn events_since(
+        &self,
+        group_id: &str,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<GroupEvent>> {
         let group = ids::parse("group_id", group_id)?;
         validate::limit(limit)?;
         self.reader()?.events(group, after_seq, limit)
     }
 
     /// Up to `limit` committed changes with rev greater than `after_rev`, in rev order.
-    pub fn changes_since(&self, group_id: &str, after_rev: u64, limit: u32) -> Result<Vec<GroupChange>> {
+    pub fn changes_since(
+        &self,
+        group_id: &str,
+        after_rev: u64,
+        limit: u32,
+    ) -> Result<Vec<GroupChange>> {
         let group = ids::parse("group_id", group_id)?;
         validate::limit(limit)?;
         self.reader()?.changes(group, after_rev, limit)
@@ -312,9 +373,118 @@ impl Coven {
         self.write(move |batch| batch.sacrifice_session(session))
     }
 
-    pub(crate) fn hub(&self) -> &Hub {
-        &self.hub
+    // ---- turns ----
+
+    /// Appends the user's message (it claims its seq), takes the group's turn lock and fans the
+    /// message out to every member on the worker pool. Returns at once; replies stream into the
+    /// timeline as they arrive. Refused with `Conflict` while the group's previous turn runs.
+    pub fn send(&self, group_id: &str, text: String, author: Option<String>) -> Result<TurnHandle> {
+        let group = ids::parse("group_id", group_id)?;
+        validate::text("text", &text)?;
+        validate::author(author.as_deref())?;
+        let turn = ids::new_id();
+        let start = self.write(move |batch| batch.start_turn(group, turn, text, author))?;
+        let handle = TurnHandle {
+            turn_id: ids::to_string(turn),
+            user_event: start.user_event.clone(),
+        };
+        let harnesses = self.harnesses.read().clone();
+        self.fanout.dispatch(turn, group, start, |familiar| {
+            harnesses.get(&familiar.harness).cloned().ok_or_else(|| {
+                format!(
+                    "harness {:?} is not registered in this process",
+                    familiar.harness
+                )
+            })
+        });
+        Ok(handle)
     }
+
+    /// Waits until every member's reply to the turn has been committed. `Ok(false)` when the
+    /// timeout passes first. Turns started by this handle are known (the last 4096 finished).
+    pub fn wait_turn(&self, turn_id: &str, timeout: Duration) -> Result<bool> {
+        let turn = ids::parse("turn_id", turn_id)?;
+        self.fanout.wait(turn, timeout)
+    }
+
+    /// Cancels the group's running turn: every run is stopped (process groups killed and
+    /// reaped) and each reply keeps its partial text, marked cancelled. Returns the turn id.
+    pub fn cancel_turn(&self, group_id: &str) -> Result<String> {
+        let group = ids::parse("group_id", group_id)?;
+        self.fanout.cancel(group).map(ids::to_string)
+    }
+
+    /// Registers a harness implemented by the host under a kind name familiars can use.
+    pub fn register_host_harness(&self, name: &str, harness: Arc<dyn Harness>) -> Result<()> {
+        validate::familiar_id("name", name)?;
+        if BUILTIN_HARNESSES.contains(&name) {
+            return Err(Error::conflict(format!(
+                "{name:?} is a built-in harness kind and cannot be replaced"
+            )));
+        }
+        self.harnesses.write().insert(name.to_owned(), harness);
+        Ok(())
+    }
+
+    // ---- pull clients ----
+
+    /// Long-poll: the changes after `after_rev` (up to `limit`) as soon as there are any, or an
+    /// empty page once `timeout` passes. Woken by the writer's publish, never by polling.
+    pub fn wait_for_changes(
+        &self,
+        group_id: &str,
+        after_rev: u64,
+        limit: u32,
+        timeout: Duration,
+    ) -> Result<Vec<GroupChange>> {
+        let group = ids::parse("group_id", group_id)?;
+        validate::limit(limit)?;
+        let changes = self.reader()?.changes(group, after_rev, limit)?;
+        if !changes.is_empty() {
+            return Ok(changes);
+        }
+        // Publishing follows the commit, so a change committed after the read above is either
+        // already recorded in the hub (no wait) or wakes this wait.
+        if self
+            .hub
+            .wait_beyond(&ids::to_string(group), after_rev, timeout)
+        {
+            self.reader()?.changes(group, after_rev, limit)
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
+    /// Durably records the rev a named consumer (a device, a view) has processed.
+    pub fn set_cursor(&self, group_id: &str, consumer: &str, rev: u64) -> Result<()> {
+        let group = ids::parse("group_id", group_id)?;
+        validate::consumer(consumer)?;
+        let consumer = consumer.to_owned();
+        self.write(move |batch| batch.set_cursor(group, consumer, rev))
+    }
+
+    /// The rev a named consumer last recorded, if any.
+    pub fn get_cursor(&self, group_id: &str, consumer: &str) -> Result<Option<u64>> {
+        let group = ids::parse("group_id", group_id)?;
+        validate::consumer(consumer)?;
+        self.reader()?.cursor(group, consumer)
+    }
+}
+
+fn builtin_harnesses(config: &Config) -> HashMap<String, Arc<dyn Harness>> {
+    let scripted = harness::scripted::Scripted {
+        delay: Duration::from_millis(config.scripted_delay_ms),
+    };
+    let builtins: [(&str, Arc<dyn Harness>); 4] = [
+        ("scripted", Arc::new(scripted)),
+        ("command", Arc::new(harness::pty::Pty)),
+        ("claude", Arc::new(harness::claude::Claude)),
+        ("codex", Arc::new(harness::codex::Codex)),
+    ];
+    builtins
+        .into_iter()
+        .map(|(name, harness)| (name.to_owned(), harness))
+        .collect()
 }
 
 impl Drop for Coven {

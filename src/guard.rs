@@ -11,7 +11,10 @@ pub fn canonical_root(root: &str) -> Result<String> {
         return Err(Error::invalid("project_root", "must not be empty"));
     }
     if root.contains('\0') {
-        return Err(Error::invalid("project_root", "must not contain NUL characters"));
+        return Err(Error::invalid(
+            "project_root",
+            "must not contain NUL characters",
+        ));
     }
     let canonical = std::fs::canonicalize(root)
         .map_err(|err| Error::invalid("project_root", format!("{root:?}: {err}")))?;
@@ -35,9 +38,8 @@ pub fn resolve_cwd(root: &str, cwd: Option<&str>) -> Result<PathBuf> {
         Some(cwd) => root.join(cwd),
         None => root.to_path_buf(),
     };
-    let canonical = std::fs::canonicalize(&wanted).map_err(|err| {
-        Error::invalid("cwd", format!("{}: {err}", wanted.display()))
-    })?;
+    let canonical = std::fs::canonicalize(&wanted)
+        .map_err(|err| Error::invalid("cwd", format!("{}: {err}", wanted.display())))?;
     if !canonical.starts_with(root) {
         return Err(Error::invalid(
             "cwd",

@@ -35,7 +35,9 @@ mod tests {
         let b = new_id();
         assert!(a < b, "v7 ids are time-ordered");
         assert_eq!(parse("id", &to_string(a)).unwrap(), a);
-        assert!(matches!(parse("group_id", "nope"), Err(Error::InvalidInput { field, .. }) if field == "group_id"));
+        assert!(
+            matches!(parse("group_id", "nope"), Err(Error::InvalidInput { field, .. }) if field == "group_id")
+        );
         assert!(parse("group_id", "").is_err());
     }
 }

@@ -24,7 +24,9 @@
 mod adopt;
 mod coven;
 mod error;
+mod fanout;
 mod guard;
+mod harness;
 mod hub;
 mod ids;
 mod model;
@@ -34,6 +36,7 @@ mod validate;
 pub use adopt::MERGE_WINDOW as ADOPT_MERGE_WINDOW;
 pub use coven::{Coven, BUILTIN_HARNESSES};
 pub use error::{Error, Result};
+pub use harness::{Harness, ReplySink, TurnRequest};
 pub use model::*;
 pub use validate::{
     MAX_ADOPTED_MESSAGES, MAX_CONSUMER_LEN, MAX_FAMILIAR_ID_LEN, MAX_MEMBERS, MAX_NAME_CHARS,

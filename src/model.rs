@@ -279,3 +279,10 @@ impl Config {
         Duration::from_millis(self.silence_timeout_ms)
     }
 }
+
+/// A started turn: its id and the user's persisted message.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct TurnHandle {
+    pub turn_id: String,
+    pub user_event: GroupEvent,
+}

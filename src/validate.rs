@@ -33,12 +33,18 @@ fn no_nul(field: &str, value: &str) -> Result<()> {
 /// Message text: not blank, no NUL, at most [`MAX_TEXT_BYTES`].
 pub fn text(field: &str, value: &str) -> Result<()> {
     if value.trim().is_empty() {
-        return Err(Error::invalid(field, "must not be empty or whitespace only"));
+        return Err(Error::invalid(
+            field,
+            "must not be empty or whitespace only",
+        ));
     }
     if value.len() > MAX_TEXT_BYTES {
         return Err(Error::invalid(
             field,
-            format!("{} bytes exceeds the limit of {MAX_TEXT_BYTES}", value.len()),
+            format!(
+                "{} bytes exceeds the limit of {MAX_TEXT_BYTES}",
+                value.len()
+            ),
         ));
     }
     no_nul(field, value)
@@ -47,7 +53,10 @@ pub fn text(field: &str, value: &str) -> Result<()> {
 /// A short human-facing name: not blank, no NUL or control characters, at most `max` characters.
 pub fn name(field: &str, value: &str, max: usize) -> Result<()> {
     if value.trim().is_empty() {
-        return Err(Error::invalid(field, "must not be empty or whitespace only"));
+        return Err(Error::invalid(
+            field,
+            "must not be empty or whitespace only",
+        ));
     }
     let chars = value.chars().count();
     if chars > max {
@@ -174,7 +183,10 @@ pub fn consumer(value: &str) -> Result<()> {
         ));
     }
     if value.chars().any(char::is_control) {
-        return Err(Error::invalid("consumer", "must not contain control characters"));
+        return Err(Error::invalid(
+            "consumer",
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }

@@ -51,7 +51,10 @@ mod tests {
         let value = (7u64, String::from("héllo"), Some(vec![1u8, 2, 3]));
         let bytes = encode(&value).unwrap();
         assert_eq!(bytes[0], FORMAT_VERSION);
-        assert_eq!(decode::<(u64, String, Option<Vec<u8>>)>(&bytes).unwrap(), value);
+        assert_eq!(
+            decode::<(u64, String, Option<Vec<u8>>)>(&bytes).unwrap(),
+            value
+        );
 
         let mut newer = bytes.clone();
         newer[0] = FORMAT_VERSION + 1;

@@ -4,6 +4,7 @@
 pub mod codec;
 pub mod ops;
 pub mod tables;
+pub mod turns;
 pub mod writer;
 
 use std::fs::OpenOptions;
@@ -147,7 +148,10 @@ impl Reader {
         if after_seq > head.seq() {
             return Err(Error::invalid(
                 "after_seq",
-                format!("{after_seq} is beyond the group's latest seq {}", head.seq()),
+                format!(
+                    "{after_seq} is beyond the group's latest seq {}",
+                    head.seq()
+                ),
             ));
         }
         let events = self.txn.open_table(EVENTS)?;
@@ -181,7 +185,10 @@ impl Reader {
         if after_rev > head.rev() {
             return Err(Error::invalid(
                 "after_rev",
-                format!("{after_rev} is beyond the group's latest rev {}", head.rev()),
+                format!(
+                    "{after_rev} is beyond the group's latest rev {}",
+                    head.rev()
+                ),
             ));
         }
         let changes = self.txn.open_table(CHANGES)?;
@@ -227,9 +234,5 @@ impl Reader {
         let cursors = self.txn.open_table(CURSORS)?;
         let value = cursors.get((group, consumer))?.map(|guard| guard.value());
         Ok(value)
-    }
-
-    pub fn turn(&self, group: u128) -> Result<Option<TurnRecord>> {
-        load(&self.txn.open_table(TURNS)?, group)
     }
 }

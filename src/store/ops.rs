@@ -15,7 +15,7 @@ use crate::model::{
     EventKind, Familiar, GroupConversation, GroupEvent, GroupUpdate, Member, ReplyError, Session,
     SessionStatus, SystemNotice,
 };
-use crate::validate::MAX_MEMBERS;
+use crate::validate::{MAX_MEMBERS, MAX_TITLE_CHARS};
 
 /// A new event before the store gives it a seq and rev.
 pub struct NewEvent {
@@ -91,14 +91,21 @@ impl<'txn> Batch<'txn> {
 
     pub fn store_session(&mut self, session: &Session) -> Result<()> {
         let key = ids::parse("session_id", &session.id)?;
-        self.sessions.insert(key, codec::encode(session)?.as_slice())?;
+        self.sessions
+            .insert(key, codec::encode(session)?.as_slice())?;
         Ok(())
     }
 
     /// Stores the group and records a `GroupChanged` (or `GroupCreated`) change carrying it.
-    fn store_group(&mut self, group: u128, mut record: GroupConversation, created: bool) -> Result<GroupConversation> {
+    fn store_group(
+        &mut self,
+        group: u128,
+        mut record: GroupConversation,
+        created: bool,
+    ) -> Result<GroupConversation> {
         record.updated_at = self.now;
-        self.groups.insert(group, codec::encode(&record)?.as_slice())?;
+        self.groups
+            .insert(group, codec::encode(&record)?.as_slice())?;
         let update = if created {
             GroupUpdate::GroupCreated {
                 group: record.clone(),
@@ -130,8 +137,22 @@ impl<'txn> Batch<'txn> {
             notice: new.notice,
             timestamp: new.timestamp.unwrap_or(self.now),
         };
-        self.events
-            .insert((group, seq), codec::encode(&event)?.as_slice())?;
+        if event.streaming {
+            // A streaming reply's text lives in chunks until it finishes (O(n) storage).
+            if !event.text.is_empty() {
+                self.reply_chunks
+                    .insert((group, seq, rev), event.text.as_str())?;
+            }
+            let header = GroupEvent {
+                text: String::new(),
+                ..event.clone()
+            };
+            self.events
+                .insert((group, seq), codec::encode(&header)?.as_slice())?;
+        } else {
+            self.events
+                .insert((group, seq), codec::encode(&event)?.as_slice())?;
+        }
         self.record(
             group,
             GroupUpdate::EventAppended {
@@ -218,7 +239,10 @@ impl<'txn> Batch<'txn> {
         }
         let from = std::mem::replace(&mut record.title, title.clone());
         let text = format!("Group renamed from \u{201c}{from}\u{201d} to \u{201c}{title}\u{201d}");
-        self.append(group, NewEvent::system(SystemNotice::Renamed { from, to: title }, text))?;
+        self.append(
+            group,
+            NewEvent::system(SystemNotice::Renamed { from, to: title }, text),
+        )?;
         self.store_group(group, record, false)
     }
 
@@ -242,7 +266,10 @@ impl<'txn> Batch<'txn> {
             session_id: ids::to_string(session),
         });
         let text = format!("{} joined the group", familiar.display_name);
-        self.append(group, NewEvent::system(SystemNotice::MemberAdded { familiar_id }, text))?;
+        self.append(
+            group,
+            NewEvent::system(SystemNotice::MemberAdded { familiar_id }, text),
+        )?;
         self.store_group(group, record, false)
     }
 
@@ -278,7 +305,10 @@ impl<'txn> Batch<'txn> {
         session.updated_at = self.now;
         self.store_session(&session)?;
         let text = format!("{display_name} left the group");
-        self.append(group, NewEvent::system(SystemNotice::MemberRemoved { familiar_id }, text))?;
+        self.append(
+            group,
+            NewEvent::system(SystemNotice::MemberRemoved { familiar_id }, text),
+        )?;
         self.record(group, GroupUpdate::SessionChanged { session })?;
         self.store_group(group, record, false)
     }
@@ -313,7 +343,11 @@ impl<'txn> Batch<'txn> {
     }
 
     /// Creates a group around existing sessions and appends their interleaved histories.
-    pub fn adopt_group(&mut self, new: NewGroup, timeline: Vec<NewEvent>) -> Result<GroupConversation> {
+    pub fn adopt_group(
+        &mut self,
+        new: NewGroup,
+        timeline: Vec<NewEvent>,
+    ) -> Result<GroupConversation> {
         let id = new.id;
         let group = self.create_group(new)?;
         for event in timeline {
@@ -368,12 +402,32 @@ impl<'txn> Batch<'txn> {
     }
 }
 
+impl<'txn> Batch<'txn> {
+    pub fn set_cursor(&mut self, group: u128, consumer: String, rev: u64) -> Result<()> {
+        let head = self.head(group)?;
+        if rev > head.rev() {
+            return Err(Error::invalid(
+                "rev",
+                format!("{rev} is beyond the group's latest rev {}", head.rev()),
+            ));
+        }
+        self.cursors.insert((group, consumer.as_str()), rev)?;
+        Ok(())
+    }
+}
+
 /// "Alice", "Alice & Bob", "Alice, Bob & Cara".
 fn default_title(familiars: &[Familiar]) -> String {
     let names: Vec<&str> = familiars.iter().map(|f| f.display_name.as_str()).collect();
-    match names.as_slice() {
+    let title = match names.as_slice() {
         [] => "Group".to_owned(),
         [only] => (*only).to_owned(),
         [rest @ .., last] => format!("{} & {last}", rest.join(", ")),
+    };
+    if title.chars().count() <= MAX_TITLE_CHARS {
+        return title;
     }
+    let mut short: String = title.chars().take(MAX_TITLE_CHARS - 1).collect();
+    short.push('\u{2026}');
+    short
 }

@@ -36,11 +36,32 @@ pub trait WriteOp: Send {
     fn reject(self: Box<Self>, err: Error);
 }
 
+/// Identifies one member's reply within one turn.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ReplyKey {
+    pub group: u128,
+    pub turn: u128,
+    pub familiar: String,
+}
+
+/// Text a harness produced for a reply. Fire-and-forget: the first output of a reply claims its
+/// seq; later outputs queued in the same batch are coalesced into one delta.
+pub struct ReplyOutput {
+    pub key: ReplyKey,
+    pub text: String,
+}
+
 /// What the writer thread receives.
 pub enum Command {
     Write(Box<dyn WriteOp>),
+    Output(ReplyOutput),
     /// Finish what is queued before this, then stop.
     Shutdown,
+}
+
+enum Queued {
+    Write(Box<dyn WriteOp>),
+    Output(ReplyOutput),
 }
 
 /// A typed operation whose result goes back to a waiting caller.
@@ -112,13 +133,18 @@ pub struct Batch<'txn> {
     heads_table: Table<'txn, u128, &'static [u8]>,
     changes: Table<'txn, (u128, u64), &'static [u8]>,
     heads: HashMap<u128, HeadSlot>,
+    /// Replies that have claimed their seq and are still streaming, across batches.
+    pub live: HashMap<ReplyKey, u64>,
+    /// Text for live replies not yet stored, in arrival order; flushed before any other
+    /// operation and at the end of the batch, one delta change per reply.
+    pending: Vec<(ReplyKey, String)>,
     published: Vec<GroupChange>,
     applied: usize,
     failure: Option<Error>,
 }
 
 impl<'txn> Batch<'txn> {
-    fn open(txn: &'txn WriteTransaction) -> Result<Self> {
+    fn open(txn: &'txn WriteTransaction, live: HashMap<ReplyKey, u64>) -> Result<Self> {
         Ok(Self {
             now: SystemTime::now(),
             familiars: txn.open_table(FAMILIARS)?,
@@ -132,6 +158,8 @@ impl<'txn> Batch<'txn> {
             heads_table: txn.open_table(HEADS)?,
             changes: txn.open_table(CHANGES)?,
             heads: HashMap::new(),
+            live,
+            pending: Vec::new(),
             published: Vec::new(),
             applied: 0,
             failure: None,
@@ -236,6 +264,35 @@ impl<'txn> Batch<'txn> {
         Ok(())
     }
 
+    /// Queues text for a live reply, merging it with text already waiting for that reply.
+    pub fn queue_delta(&mut self, key: ReplyKey, text: String) {
+        match self.pending.iter_mut().find(|(waiting, _)| *waiting == key) {
+            Some((_, waiting)) => waiting.push_str(&text),
+            None => self.pending.push((key, text)),
+        }
+    }
+
+    /// Stores every queued delta: one chunk and one `ReplyDelta` change per reply.
+    pub fn flush_pending(&mut self) -> Result<()> {
+        for (key, text) in std::mem::take(&mut self.pending) {
+            let Some(&seq) = self.live.get(&key) else {
+                continue;
+            };
+            let rev = self.peek_rev(key.group)?;
+            self.reply_chunks
+                .insert((key.group, seq, rev), text.as_str())?;
+            self.record(
+                key.group,
+                GroupUpdate::ReplyDelta {
+                    seq,
+                    familiar_id: key.familiar,
+                    text,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
     fn flush_heads(&mut self) -> Result<()> {
         for (group, slot) in &self.heads {
             if !slot.dirty {
@@ -294,25 +351,27 @@ impl Drop for Writer {
 }
 
 fn run(db: &Database, durable: bool, hub: &Hub, receiver: &Receiver<Command>) {
-    let mut ops: Vec<Box<dyn WriteOp>> = Vec::with_capacity(MAX_BATCH);
+    let mut queued: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
+    let mut live = HashMap::new();
     loop {
         let Ok(first) = receiver.recv() else { return };
         let mut stop = false;
         let mut next = Some(first);
         while let Some(command) = next.take() {
             match command {
-                Command::Write(op) => ops.push(op),
+                Command::Write(op) => queued.push(Queued::Write(op)),
+                Command::Output(output) => queued.push(Queued::Output(output)),
                 Command::Shutdown => {
                     stop = true;
                     break;
                 }
             }
-            if ops.len() < MAX_BATCH {
+            if queued.len() < MAX_BATCH {
                 next = receiver.try_recv().ok();
             }
         }
-        if !ops.is_empty() {
-            commit_batch(db, durable, hub, &mut ops);
+        if !queued.is_empty() {
+            commit_batch(db, durable, hub, &mut queued, &mut live);
         }
         if stop {
             return;
@@ -320,38 +379,59 @@ fn run(db: &Database, durable: bool, hub: &Hub, receiver: &Receiver<Command>) {
     }
 }
 
-fn commit_batch(db: &Database, durable: bool, hub: &Hub, ops: &mut Vec<Box<dyn WriteOp>>) {
+fn reject_all(queued: &mut Vec<Queued>, err: &Error) {
+    for item in queued.drain(..) {
+        if let Queued::Write(op) = item {
+            op.reject(err.clone());
+        }
+    }
+}
+
+fn commit_batch(
+    db: &Database,
+    durable: bool,
+    hub: &Hub,
+    queued: &mut Vec<Queued>,
+    live: &mut HashMap<ReplyKey, u64>,
+) {
     let txn = match begin(db, durable) {
         Ok(txn) => txn,
-        Err(err) => {
-            for op in ops.drain(..) {
-                op.reject(err.clone());
-            }
-            return;
-        }
+        Err(err) => return reject_all(queued, &err),
     };
-    let mut completions = Vec::with_capacity(ops.len());
-    let (outcome, published) = match Batch::open(&txn) {
+    // Kept to undo this batch's claims on the live replies if it does not commit.
+    let live_before = live.clone();
+    let mut completions = Vec::with_capacity(queued.len());
+    let (outcome, published) = match Batch::open(&txn, std::mem::take(live)) {
         Ok(mut batch) => {
-            for op in ops.drain(..) {
-                completions.push(op.apply(&mut batch));
-            }
-            if batch.failure.is_none() {
-                if let Err(err) = batch.flush_heads() {
-                    batch.fail(err);
+            for item in queued.drain(..) {
+                match item {
+                    Queued::Write(op) => {
+                        // Deltas that arrived before this operation are stored before it.
+                        if let Err(err) = batch.flush_pending() {
+                            batch.fail(err);
+                        }
+                        completions.push(op.apply(&mut batch));
+                    }
+                    Queued::Output(output) => {
+                        if let Err(err) = batch.reply_output(output) {
+                            batch.fail(err);
+                        }
+                    }
                 }
+            }
+            if let Err(err) = batch.flush_pending().and_then(|()| batch.flush_heads()) {
+                batch.fail(err);
             }
             let outcome = match batch.failure.take() {
                 Some(err) => Err(err),
-                None => Ok(batch.applied > 0),
+                None => Ok(batch.applied > 0 || !batch.published.is_empty()),
             };
+            *live = std::mem::take(&mut batch.live);
             (outcome, std::mem::take(&mut batch.published))
         }
         Err(err) => {
-            for op in ops.drain(..) {
-                op.reject(err.clone());
-            }
-            return;
+            *live = live_before;
+            return reject_all(queued, &err);
         }
     };
     let committed = match outcome {
@@ -363,6 +443,9 @@ fn commit_batch(db: &Database, durable: bool, hub: &Hub, ops: &mut Vec<Box<dyn W
             Err(err)
         }
     };
+    if committed.is_err() {
+        *live = live_before;
+    }
     for completion in completions {
         completion(&committed);
     }

@@ -1,0 +1,416 @@
+//! The fan-out: one committed user message becomes one job per member on a bounded pool of
+//! worker threads. Each worker supervises its member's harness run (silence timeout, cancel,
+//! panics), then commits how the reply ended. A member's failure ends only its own reply.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::{Condvar, Mutex};
+
+use crate::error::{Error, Result};
+use crate::guard;
+use crate::harness::{roster_prompt, Cancel, Harness, ReplySink, TurnRequest};
+use crate::ids;
+use crate::model::{Familiar, GroupConversation, ReplyError, ReplyErrorKind};
+use crate::store::turns::{ReplyEnd, TurnStart};
+use crate::store::writer::{self, Command, ReplyKey};
+
+/// How long a cancelled or timed-out harness gets to return before its reply is closed anyway.
+const CANCEL_GRACE: Duration = Duration::from_secs(10);
+/// How many finished turn ids `wait_turn` still recognizes.
+const FINISHED_TURNS_KEPT: usize = 4096;
+/// Harness kinds that start processes and so need a checked working directory.
+const PROCESS_HARNESSES: [&str; 3] = ["command", "claude", "codex"];
+
+/// One running turn as seen by this process.
+pub struct TurnControl {
+    id: u128,
+    group: u128,
+    cancels: Vec<Arc<Cancel>>,
+    remaining: AtomicUsize,
+    done: Mutex<bool>,
+    finished: Condvar,
+}
+
+impl TurnControl {
+    fn cancel(&self) {
+        for cancel in &self.cancels {
+            cancel.cancel();
+        }
+    }
+
+    /// Waits until every member's reply has been committed; false at the timeout.
+    fn wait(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut done = self.done.lock();
+        while !*done {
+            if self.finished.wait_until(&mut done, deadline).timed_out() {
+                return *done;
+            }
+        }
+        true
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    by_group: HashMap<u128, Arc<TurnControl>>,
+    by_id: HashMap<u128, Arc<TurnControl>>,
+    finished_order: VecDeque<u128>,
+    finished: HashSet<u128>,
+}
+
+struct Shared {
+    writer: Sender<Command>,
+    registry: Mutex<Registry>,
+    silence_timeout: Duration,
+}
+
+struct MemberJob {
+    key: ReplyKey,
+    session: u128,
+    /// The request, or why the member cannot run at all (reported on its event).
+    run: std::result::Result<(TurnRequest, Arc<dyn Harness>), String>,
+    cancel: Arc<Cancel>,
+    control: Arc<TurnControl>,
+}
+
+/// The worker pool and the registry of running turns.
+pub struct Fanout {
+    shared: Arc<Shared>,
+    jobs: Mutex<Option<Sender<MemberJob>>>,
+    workers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Fanout {
+    pub fn start(writer: Sender<Command>, workers: u32, silence_timeout: Duration) -> Result<Self> {
+        let shared = Arc::new(Shared {
+            writer,
+            registry: Mutex::new(Registry::default()),
+            silence_timeout,
+        });
+        let (jobs, queue) = crossbeam_channel::unbounded::<MemberJob>();
+        let mut handles = Vec::with_capacity(workers as usize);
+        for index in 0..workers {
+            let shared = shared.clone();
+            let queue = queue.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("coven-worker-{index}"))
+                .spawn(move || work(&shared, &queue))
+                .map_err(|err| Error::storage(format!("cannot start a worker thread: {err}")))?;
+            handles.push(handle);
+        }
+        Ok(Self {
+            shared,
+            jobs: Mutex::new(Some(jobs)),
+            workers: Mutex::new(handles),
+        })
+    }
+
+    /// Queues one job per member of a committed turn.
+    pub fn dispatch(
+        &self,
+        turn: u128,
+        group: u128,
+        start: TurnStart,
+        resolve: impl Fn(&Familiar) -> std::result::Result<Arc<dyn Harness>, String>,
+    ) {
+        let TurnStart {
+            user_event,
+            group: record,
+            members,
+        } = start;
+        let cancels: Vec<Arc<Cancel>> = members.iter().map(|_| Arc::new(Cancel::new())).collect();
+        let control = Arc::new(TurnControl {
+            id: turn,
+            group,
+            cancels: cancels.clone(),
+            remaining: AtomicUsize::new(members.len()),
+            done: Mutex::new(false),
+            finished: Condvar::new(),
+        });
+        {
+            let mut registry = self.shared.registry.lock();
+            registry.by_group.insert(group, control.clone());
+            registry.by_id.insert(turn, control.clone());
+        }
+        let familiars: Vec<Familiar> = members.iter().map(|(f, _)| f.clone()).collect();
+        let jobs = self.jobs.lock().clone();
+        for ((familiar, session), cancel) in members.into_iter().zip(cancels) {
+            let others: Vec<Familiar> = familiars
+                .iter()
+                .filter(|other| other.id != familiar.id)
+                .cloned()
+                .collect();
+            let run = member_cwd(&record, &familiar).and_then(|cwd| {
+                let harness = resolve(&familiar)?;
+                let request = TurnRequest {
+                    group_id: record.id.clone(),
+                    session_id: session.id.clone(),
+                    turn_id: ids::to_string(turn),
+                    prompt: roster_prompt(
+                        &record,
+                        &familiar,
+                        &others,
+                        &user_event.text,
+                        user_event.author.as_deref(),
+                    ),
+                    user_text: user_event.text.clone(),
+                    cwd,
+                    resume_token: session.resume_token.clone(),
+                    familiar: familiar.clone(),
+                };
+                Ok((request, harness))
+            });
+            let job = MemberJob {
+                key: ReplyKey {
+                    group,
+                    turn,
+                    familiar: familiar.id.clone(),
+                },
+                session: ids::parse("session_id", &session.id).unwrap_or_default(),
+                run,
+                cancel,
+                control: control.clone(),
+            };
+            match &jobs {
+                Some(jobs) => {
+                    if let Err(unsent) = jobs.send(job) {
+                        run_member(&self.shared, unsent.0);
+                    }
+                }
+                // Closing: the member is finished as cancelled right here.
+                None => {
+                    job.cancel.cancel();
+                    run_member(&self.shared, job);
+                }
+            }
+        }
+    }
+
+    /// Cancels the group's running turn.
+    pub fn cancel(&self, group: u128) -> Result<u128> {
+        let control = self.shared.registry.lock().by_group.get(&group).cloned();
+        match control {
+            Some(control) => {
+                control.cancel();
+                Ok(control.id)
+            }
+            None => Err(Error::not_found(
+                "running turn in group",
+                ids::to_string(group),
+            )),
+        }
+    }
+
+    /// Waits for a turn to end; `Ok(false)` at the timeout.
+    pub fn wait(&self, turn: u128, timeout: Duration) -> Result<bool> {
+        let control = {
+            let registry = self.shared.registry.lock();
+            if registry.finished.contains(&turn) {
+                return Ok(true);
+            }
+            registry.by_id.get(&turn).cloned()
+        };
+        match control {
+            Some(control) => Ok(control.wait(timeout)),
+            None => Err(Error::not_found("turn", ids::to_string(turn))),
+        }
+    }
+
+    /// Cancels every running turn, lets the workers commit how each reply ended, and joins them.
+    pub fn shutdown(&self) {
+        let running: Vec<Arc<TurnControl>> = self
+            .shared
+            .registry
+            .lock()
+            .by_id
+            .values()
+            .cloned()
+            .collect();
+        for control in running {
+            control.cancel();
+        }
+        self.jobs.lock().take();
+        for handle in self.workers.lock().drain(..) {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn work(shared: &Shared, queue: &Receiver<MemberJob>) {
+    for job in queue.iter() {
+        run_member(shared, job);
+    }
+}
+
+/// Runs one member's reply to its end and commits the outcome.
+fn run_member(shared: &Shared, job: MemberJob) {
+    let MemberJob {
+        key,
+        session,
+        run,
+        cancel,
+        control,
+    } = job;
+    let (error, resume_token) = match run {
+        Err(reason) => (Some(failed(reason)), None),
+        Ok(_) if cancel.is_cancelled() => (Some(cancelled()), None),
+        Ok((request, harness)) => supervise(shared, &key, request, harness, &cancel),
+    };
+    let end = ReplyEnd {
+        session,
+        error,
+        resume_token,
+    };
+    let (command, answer) = writer::call(move |batch| batch.finish_reply(key, end));
+    // If the store is closing the reply stays open in the file and is recovered as interrupted.
+    if shared.writer.send(command).is_ok() {
+        let _ = answer.recv();
+    }
+    if control.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
+        finish_turn(shared, &control);
+    }
+}
+
+fn finish_turn(shared: &Shared, control: &TurnControl) {
+    {
+        let mut registry = shared.registry.lock();
+        registry.by_id.remove(&control.id);
+        if registry
+            .by_group
+            .get(&control.group)
+            .is_some_and(|running| running.id == control.id)
+        {
+            registry.by_group.remove(&control.group);
+        }
+        registry.finished.insert(control.id);
+        registry.finished_order.push_back(control.id);
+        if registry.finished_order.len() > FINISHED_TURNS_KEPT {
+            if let Some(oldest) = registry.finished_order.pop_front() {
+                registry.finished.remove(&oldest);
+            }
+        }
+    }
+    *control.done.lock() = true;
+    control.finished.notify_all();
+}
+
+/// Runs the harness on its own thread and watches it: activity resets the silence timer; cancel
+/// or silence stops it. Returns the reply's error marker and the new resume token.
+fn supervise(
+    shared: &Shared,
+    key: &ReplyKey,
+    request: TurnRequest,
+    harness: Arc<dyn Harness>,
+    cancel: &Arc<Cancel>,
+) -> (Option<ReplyError>, Option<String>) {
+    let (activity_tx, activity_rx) = crossbeam_channel::bounded(1);
+    let sink = Arc::new(ReplySink::new(
+        key.clone(),
+        shared.writer.clone(),
+        cancel.clone(),
+        activity_tx,
+    ));
+    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    let run_sink = sink.clone();
+    let started = std::thread::Builder::new()
+        .name("coven-run".into())
+        .spawn(move || {
+            let result = catch_unwind(AssertUnwindSafe(|| harness.run_turn(request, run_sink)));
+            let _ = done_tx.send(result);
+        });
+    if let Err(err) = started {
+        sink.close();
+        return (
+            Some(failed(format!(
+                "cannot start a thread for the harness: {err}"
+            ))),
+            None,
+        );
+    }
+
+    let mut timed_out = false;
+    let returned = loop {
+        crossbeam_channel::select! {
+            recv(done_rx) -> result => break result.ok(),
+            recv(activity_rx) -> _ => {}
+            recv(cancel.receiver()) -> _ => break done_rx.recv_timeout(CANCEL_GRACE).ok(),
+            default(shared.silence_timeout) => {
+                timed_out = true;
+                cancel.cancel();
+                break done_rx.recv_timeout(CANCEL_GRACE).ok();
+            }
+        }
+    };
+    let outcome = sink.close();
+    let error = if timed_out {
+        Some(ReplyError {
+            kind: ReplyErrorKind::TimedOut,
+            message: format!(
+                "no output for {} ms; the run was stopped",
+                shared.silence_timeout.as_millis()
+            ),
+        })
+    } else if cancel.is_cancelled() {
+        Some(cancelled())
+    } else {
+        match returned {
+            None => Some(failed("the harness stopped without returning".to_owned())),
+            Some(Err(_)) => Some(failed("the harness panicked".to_owned())),
+            Some(Ok(Err(Error::Harness { reason }))) => Some(failed(reason)),
+            Some(Ok(Err(other))) => Some(failed(other.to_string())),
+            Some(Ok(Ok(()))) => outcome.failure.map(failed),
+        }
+    };
+    (error, outcome.resume_token)
+}
+
+fn failed(message: String) -> ReplyError {
+    ReplyError {
+        kind: ReplyErrorKind::Failed,
+        message,
+    }
+}
+
+fn cancelled() -> ReplyError {
+    ReplyError {
+        kind: ReplyErrorKind::Cancelled,
+        message: "the turn was cancelled".to_owned(),
+    }
+}
+
+/// The checked working directory of a member's run. Process harnesses need one: inside the
+/// group's project root, or the familiar's own absolute cwd when the group has no root.
+fn member_cwd(
+    group: &GroupConversation,
+    familiar: &Familiar,
+) -> std::result::Result<Option<String>, String> {
+    let needs_cwd = PROCESS_HARNESSES.contains(&familiar.harness.as_str());
+    let resolved = match (&group.project_root, &familiar.cwd) {
+        (Some(root), cwd) => guard::resolve_cwd(root, cwd.as_deref()).map(Some),
+        (None, Some(cwd)) if std::path::Path::new(cwd).is_absolute() => {
+            guard::canonical_root(cwd).map(|dir| Some(dir.into()))
+        }
+        (None, Some(cwd)) => Err(Error::invalid(
+            "cwd",
+            format!("{cwd:?} is relative but the group has no project root"),
+        )),
+        (None, None) if needs_cwd => Err(Error::invalid(
+            "cwd",
+            "the group has no project root and the familiar names no cwd; a process harness needs one",
+        )),
+        (None, None) => Ok(None),
+    };
+    match resolved {
+        Ok(path) => Ok(path.map(|p: std::path::PathBuf| p.to_string_lossy().into_owned())),
+        Err(err) if needs_cwd => Err(err.to_string()),
+        // In-process harnesses only see the cwd as information.
+        Err(_) => Ok(None),
+    }
+}

@@ -1,0 +1,105 @@
+//! The shared driver of JSON-lines CLIs (`claude`, `codex`): spawn by argv with the prompt on
+//! stdin, parse each stdout line with the CLI's protocol, and turn what it says into reply text,
+//! a resume token, completion or failure.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::process::{self, Ending};
+use super::{harness_error, ReplySink, TurnRequest};
+use crate::error::Result;
+
+/// What one output line means.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LineEvent {
+    Text(String),
+    ResumeToken(String),
+    Completed,
+    Failed(String),
+}
+
+/// A CLI's line format and invocation.
+pub trait Protocol {
+    /// The program's name on PATH.
+    const PROGRAM: &'static str;
+    /// How to install it, for the error shown when it is missing.
+    const INSTALL_HINT: &'static str;
+    /// Arguments after the program name.
+    fn args(request: &TurnRequest) -> Vec<String>;
+    /// Interprets one line; `Err` means the output is not this protocol (invalid output).
+    fn parse(&mut self, line: &[u8]) -> std::result::Result<Vec<LineEvent>, String>;
+}
+
+/// Runs one turn of a JSON-lines CLI.
+pub fn run<P: Protocol>(mut protocol: P, request: TurnRequest, sink: Arc<ReplySink>) -> Result<()> {
+    let program = process::find_program(P::PROGRAM).ok_or_else(|| {
+        harness_error(format!(
+            "`{}` was not found on PATH. {}",
+            P::PROGRAM,
+            P::INSTALL_HINT
+        ))
+    })?;
+    let cwd = request.cwd.as_deref().map(Path::new);
+    let running = process::spawn_lines(&program, &P::args(&request), cwd, Some(request.prompt))?;
+
+    let mut completed = false;
+    let mut failure: Option<String> = None;
+    let ending = running.drive(sink.cancel_signal(), &sink, |line| {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            return Ok(());
+        }
+        let events = protocol.parse(line).map_err(|reason| {
+            harness_error(format!("{} produced invalid output: {reason}", P::PROGRAM))
+        })?;
+        for event in events {
+            match event {
+                LineEvent::Text(text) => sink.delta(text),
+                LineEvent::ResumeToken(token) => sink.set_resume_token(token),
+                LineEvent::Completed => completed = true,
+                LineEvent::Failed(message) => {
+                    failure.get_or_insert(message);
+                }
+            }
+        }
+        Ok(())
+    })?;
+    let exit = match ending {
+        Ending::Cancelled => return Ok(()),
+        Ending::Exited(exit) => exit,
+    };
+    if let Some(message) = failure {
+        return Err(harness_error(message));
+    }
+    if !exit.success {
+        let stderr = running.stderr_tail();
+        let detail = if stderr.is_empty() {
+            String::new()
+        } else {
+            format!(": {stderr}")
+        };
+        return Err(harness_error(format!(
+            "{} {}{detail}",
+            P::PROGRAM,
+            exit.description
+        )));
+    }
+    if !completed {
+        return Err(harness_error(format!(
+            "{} exited without reporting a result",
+            P::PROGRAM
+        )));
+    }
+    Ok(())
+}
+
+/// Parses a line as a JSON object.
+pub fn object(line: &[u8]) -> std::result::Result<serde_json::Value, String> {
+    match serde_json::from_slice::<serde_json::Value>(line) {
+        Ok(object @ serde_json::Value::Object(_)) => Ok(object),
+        Ok(_) => Err("a line is JSON but not an object".to_owned()),
+        Err(err) => {
+            let shown = String::from_utf8_lossy(&line[..line.len().min(120)]).into_owned();
+            Err(format!("{err} in line {shown:?}"))
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Turn bookkeeping inside the writer: the turn lock, replies claiming their seq at first output,
+//! streaming, finishing, and recovery of whatever a crash left running.
+
+use std::collections::HashMap;
+
+use redb::ReadableTable;
+
+use super::codec;
+use super::ops::NewEvent;
+use super::tables::*;
+use super::writer::{Batch, ReplyKey, ReplyOutput};
+use crate::error::{Error, Result};
+use crate::ids;
+use crate::model::{
+    Familiar, GroupConversation, GroupEvent, GroupUpdate, ReplyError, ReplyErrorKind, Session,
+    SessionStatus,
+};
+
+/// What `send` needs to dispatch a turn once it is committed.
+pub struct TurnStart {
+    pub user_event: GroupEvent,
+    pub group: GroupConversation,
+    /// Each member's familiar and (now running) session, in roster order.
+    pub members: Vec<(Familiar, Session)>,
+}
+
+/// How one member's reply ended, as the worker saw it.
+pub struct ReplyEnd {
+    pub session: u128,
+    pub error: Option<ReplyError>,
+    pub resume_token: Option<String>,
+}
+
+/// What a crash left behind, as repaired at open.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    pub interrupted_replies: u64,
+    pub failed_sessions: u64,
+    pub released_turns: u64,
+}
+
+impl<'txn> Batch<'txn> {
+    fn turn_record(&self, group: u128) -> Result<Option<TurnRecord>> {
+        load(&self.turns, group)
+    }
+
+    fn store_turn(&mut self, group: u128, turn: &TurnRecord) -> Result<()> {
+        self.turns.insert(group, codec::encode(turn)?.as_slice())?;
+        Ok(())
+    }
+
+    fn set_status(&mut self, session: &mut Session, status: SessionStatus) -> Result<()> {
+        let group = ids::parse("session.group_id", &session.group_id)?;
+        session.status = status;
+        session.updated_at = self.now;
+        self.store_session(session)?;
+        self.record(
+            group,
+            GroupUpdate::SessionChanged {
+                session: session.clone(),
+            },
+        )?;
+        Ok(())
+    }
+
+    /// Appends the user's message, takes the group's turn lock and marks every member running.
+    pub fn start_turn(
+        &mut self,
+        group: u128,
+        turn: u128,
+        text: String,
+        author: Option<String>,
+    ) -> Result<TurnStart> {
+        let record = self.group(group)?;
+        if let Some(running) = self.turn_record(group)? {
+            return Err(Error::conflict(format!(
+                "turn {} is still running in this group; wait for it or cancel it",
+                ids::to_string(running.turn_id)
+            )));
+        }
+        let mut members = Vec::with_capacity(record.members.len());
+        for member in &record.members {
+            let familiar = self.familiar(&member.familiar_id)?;
+            let session = self.session(ids::parse("session_id", &member.session_id)?)?;
+            members.push((familiar, session));
+        }
+        let user_event = self.append(
+            group,
+            NewEvent::user(text, author, Some(ids::to_string(turn))),
+        )?;
+        for (_, session) in &mut members {
+            self.set_status(session, SessionStatus::Running)?;
+        }
+        let lock = TurnRecord {
+            turn_id: turn,
+            user_seq: user_event.seq,
+            started_at: self.now,
+            pending: record.member_ids(),
+        };
+        self.store_turn(group, &lock)?;
+        Ok(TurnStart {
+            user_event,
+            group: record,
+            members,
+        })
+    }
+
+    /// A reply's output: the first claims the reply's seq (in arrival order), later ones queue
+    /// as deltas. Output for a turn that is no longer running is dropped.
+    pub fn reply_output(&mut self, output: ReplyOutput) -> Result<()> {
+        if self.live.contains_key(&output.key) {
+            self.queue_delta(output.key, output.text);
+            return Ok(());
+        }
+        let key = output.key;
+        let running = self
+            .turn_record(key.group)?
+            .is_some_and(|turn| turn.turn_id == key.turn && turn.pending.contains(&key.familiar));
+        if !running {
+            return Ok(());
+        }
+        let mut new = NewEvent::familiar(key.familiar.clone(), output.text);
+        new.streaming = true;
+        new.turn_id = Some(ids::to_string(key.turn));
+        let event = self.append(key.group, new)?;
+        self.live.insert(key, event.seq);
+        Ok(())
+    }
+
+    /// Ends one member's reply: final text and error marker, session status and resume token,
+    /// and the turn lock released when it was the last member. Returns whether the turn ended.
+    pub fn finish_reply(&mut self, key: ReplyKey, end: ReplyEnd) -> Result<bool> {
+        let turn = self
+            .turn_record(key.group)?
+            .filter(|turn| turn.turn_id == key.turn);
+        let failed = end
+            .error
+            .as_ref()
+            .is_some_and(|e| e.kind != ReplyErrorKind::Cancelled);
+        match self.live.remove(&key) {
+            Some(seq) => {
+                self.finalize_streaming(key.group, seq, end.error)?;
+            }
+            None => {
+                let error = end.error.unwrap_or_else(|| ReplyError {
+                    kind: ReplyErrorKind::Failed,
+                    message: "the harness finished without producing any output".to_owned(),
+                });
+                let mut new = NewEvent::familiar(key.familiar.clone(), String::new());
+                new.turn_id = Some(ids::to_string(key.turn));
+                new.error = Some(error);
+                self.append(key.group, new)?;
+            }
+        }
+        if let Ok(mut session) = self.session(end.session) {
+            if let Some(token) = end.resume_token {
+                session.resume_token = Some(token);
+            }
+            let status = if failed {
+                SessionStatus::Failed
+            } else {
+                SessionStatus::Idle
+            };
+            self.set_status(&mut session, status)?;
+        }
+        let Some(mut turn) = turn else {
+            return Ok(true);
+        };
+        turn.pending.retain(|familiar| *familiar != key.familiar);
+        if turn.pending.is_empty() {
+            self.turns.remove(key.group)?;
+            Ok(true)
+        } else {
+            self.store_turn(key.group, &turn)?;
+            Ok(false)
+        }
+    }
+
+    /// Turns a streaming reply into its final event: the chunks are joined once and removed.
+    fn finalize_streaming(
+        &mut self,
+        group: u128,
+        seq: u64,
+        error: Option<ReplyError>,
+    ) -> Result<GroupEvent> {
+        let mut event: GroupEvent = load(&self.events, (group, seq))?.ok_or_else(|| {
+            Error::storage(format!(
+                "reply {seq} of group {} is missing",
+                ids::to_string(group)
+            ))
+        })?;
+        let range = (group, seq, 0)..=(group, seq, u64::MAX);
+        let mut text = String::new();
+        for entry in self.reply_chunks.range(range.clone())? {
+            text.push_str(entry?.1.value());
+        }
+        self.reply_chunks.retain_in(range, |_, _| false)?;
+        event.text = text;
+        event.streaming = false;
+        event.error = error;
+        event.rev = self.peek_rev(group)?;
+        self.events
+            .insert((group, seq), codec::encode(&event)?.as_slice())?;
+        self.record(
+            group,
+            GroupUpdate::ReplyFinished {
+                event: event.clone(),
+            },
+        )?;
+        Ok(event)
+    }
+
+    /// Repairs what a crash left running: replies still streaming become interrupted (text
+    /// kept), members that never answered get an interrupted marker, running sessions become
+    /// failed, and every turn lock is released.
+    pub fn recover(&mut self) -> Result<Recovery> {
+        let mut report = Recovery::default();
+        let mut turns = Vec::new();
+        for entry in self.turns.iter()? {
+            let (group, value) = entry?;
+            turns.push((group.value(), codec::decode::<TurnRecord>(value.value())?));
+        }
+        for (group, turn) in turns {
+            let turn_id = ids::to_string(turn.turn_id);
+            let mut streaming: HashMap<String, u64> = HashMap::new();
+            for entry in self
+                .events
+                .range((group, turn.user_seq + 1)..=(group, u64::MAX))?
+            {
+                let event: GroupEvent = codec::decode(entry?.1.value())?;
+                if event.streaming && event.turn_id.as_deref() == Some(turn_id.as_str()) {
+                    if let Some(familiar) = event.familiar_id {
+                        streaming.insert(familiar, event.seq);
+                    }
+                }
+            }
+            for familiar in &turn.pending {
+                let error = ReplyError {
+                    kind: ReplyErrorKind::Interrupted,
+                    message: "the process hosting this reply stopped before it finished".to_owned(),
+                };
+                match streaming.get(familiar) {
+                    Some(&seq) => {
+                        self.finalize_streaming(group, seq, Some(error))?;
+                    }
+                    None => {
+                        let mut new = NewEvent::familiar(familiar.clone(), String::new());
+                        new.turn_id = Some(turn_id.clone());
+                        new.error = Some(error);
+                        self.append(group, new)?;
+                    }
+                }
+                report.interrupted_replies += 1;
+            }
+            self.turns.remove(group)?;
+            report.released_turns += 1;
+        }
+        let mut running = Vec::new();
+        for entry in self.sessions.iter()? {
+            let session: Session = codec::decode(entry?.1.value())?;
+            if session.status == SessionStatus::Running {
+                running.push(session);
+            }
+        }
+        for mut session in running {
+            self.set_status(&mut session, SessionStatus::Failed)?;
+            report.failed_sessions += 1;
+        }
+        Ok(report)
+    }
+}
