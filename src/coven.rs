@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::fanout::Fanout;
 use crate::guard;
 use crate::harness::{self, Harness};
-use crate::hub::Hub;
+use crate::hub::{GroupListener, Hub, Subscription};
 use crate::ids;
 use crate::model::{
     AdoptedMember, Config, Familiar, GroupChange, GroupConversation, GroupEvent, GroupSnapshot,
@@ -115,6 +115,7 @@ impl Coven {
         self.closed.store(true, Ordering::SeqCst);
         // Running turns end as cancelled and their outcomes commit before the writer stops.
         self.fanout.shutdown();
+        self.hub.close();
         if let Some(mut writer) = self.writer.lock().take() {
             writer.shutdown();
         }
@@ -426,7 +427,35 @@ impl Coven {
         Ok(())
     }
 
-    // ---- pull clients ----
+    // ---- subscriptions and pull clients ----
+
+    /// Delivers every change committed after `after_rev` to `listener`, exactly once and in rev
+    /// order: first the backlog from the store, then live, with no gap or duplicate at the
+    /// hand-off. Delivery runs on the subscription's own thread; `cancel()` or dropping the
+    /// returned handle stops it. Deleting the group ends it with a final `GroupDeleted`.
+    pub fn subscribe(
+        &self,
+        group_id: &str,
+        after_rev: u64,
+        listener: Arc<dyn GroupListener>,
+    ) -> Result<Arc<Subscription>> {
+        let group = ids::parse("group_id", group_id)?;
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
+        let db = self.db.read().clone().ok_or(Error::Closed)?;
+        let head = Reader::new(&db)?.head(group)?;
+        if after_rev > head.rev() {
+            return Err(Error::invalid(
+                "after_rev",
+                format!(
+                    "{after_rev} is beyond the group's latest rev {}",
+                    head.rev()
+                ),
+            ));
+        }
+        self.hub.subscribe(db, group, after_rev, listener)
+    }
 
     /// Long-poll: the changes after `after_rev` (up to `limit`) as soon as there are any, or an
     /// empty page once `timeout` passes. Woken by the writer's publish, never by polling.

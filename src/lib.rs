@@ -37,6 +37,7 @@ pub use adopt::MERGE_WINDOW as ADOPT_MERGE_WINDOW;
 pub use coven::{Coven, BUILTIN_HARNESSES};
 pub use error::{Error, Result};
 pub use harness::{Harness, ReplySink, TurnRequest};
+pub use hub::{GroupListener, Subscription, SUBSCRIPTION_QUEUE_LIMIT};
 pub use model::*;
 pub use validate::{
     MAX_ADOPTED_MESSAGES, MAX_CONSUMER_LEN, MAX_FAMILIAR_ID_LEN, MAX_MEMBERS, MAX_NAME_CHARS,

@@ -200,6 +200,12 @@ pub fn adoption(members: &[AdoptedMember]) -> Result<()> {
         total += member.history.len();
         for message in &member.history {
             text("history.text", &message.text)?;
+            if message.timestamp < std::time::UNIX_EPOCH {
+                return Err(Error::invalid(
+                    "history.timestamp",
+                    "must not be before 1970-01-01T00:00:00Z",
+                ));
+            }
             match message.role {
                 HistoryRole::User => author(message.author.as_deref())?,
                 HistoryRole::Familiar if message.author.is_some() => {

@@ -56,11 +56,9 @@ impl Protocol for ClaudeLines {
         let kind = object.get("type").and_then(Value::as_str).unwrap_or("");
         let mut events = Vec::new();
         match kind {
-            "system" => {
-                if object.get("subtype").and_then(Value::as_str) == Some("init") {
-                    if let Some(id) = object.get("session_id").and_then(Value::as_str) {
-                        events.push(LineEvent::ResumeToken(id.to_owned()));
-                    }
+            "system" if object.get("subtype").and_then(Value::as_str) == Some("init") => {
+                if let Some(id) = object.get("session_id").and_then(Value::as_str) {
+                    events.push(LineEvent::ResumeToken(id.to_owned()));
                 }
             }
             "stream_event" => {

@@ -148,9 +148,7 @@ impl Running {
             if exit.is_some() {
                 for chunk in self.output.iter() {
                     sink.keep_alive();
-                    if let Err(err) = on_output(&chunk) {
-                        return Err(err);
-                    }
+                    on_output(&chunk)?;
                 }
                 break;
             }

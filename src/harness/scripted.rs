@@ -59,10 +59,10 @@ impl Harness for Scripted {
             }
             if index > 0 && !self.delay.is_zero() {
                 // Wakes at once on cancel instead of sleeping through it.
-                let _ = crossbeam_channel::select! {
-                    recv(sink.cancel_signal().receiver()) -> _ => (),
-                    default(self.delay) => (),
-                };
+                crossbeam_channel::select! {
+                    recv(sink.cancel_signal().receiver()) -> _ => {}
+                    default(self.delay) => {}
+                }
             }
             let text = if index < last {
                 format!("{word} ")

@@ -214,7 +214,7 @@ impl Reader {
             .ok_or_else(|| Error::not_found("session", ids::to_string(session)))
     }
 
-    /// Every session of a group, archived ones included, oldest first.
+    /// Every session of a group, archived ones included, ordered by session id.
     pub fn sessions_of(&self, group: u128) -> Result<Vec<Session>> {
         self.head(group)?;
         let index = self.txn.open_table(GROUP_SESSIONS)?;

@@ -1,0 +1,297 @@
+//! Helpers shared by the contract tests: stores, familiars, paging, and a store dump that is both
+//! logical (everything the public API can read) and physical (the bytes of the store file).
+
+// Each test binary uses a different subset of these helpers.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use coven_group::{
+    AdoptedMember, Config, Coven, Error, EventKind, Familiar, GroupChange, GroupConversation,
+    GroupEvent, GroupSnapshot, HistoryMessage, HistoryRole, Session, MAX_PAGE,
+};
+use tempfile::TempDir;
+
+/// A file-backed store in its own temporary directory (kept alive by the returned `TempDir`).
+pub struct FileStore {
+    pub dir: TempDir,
+    pub path: PathBuf,
+    pub coven: Arc<Coven>,
+}
+
+impl FileStore {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let path = dir.path().join("coven.redb");
+        let coven = Arc::new(Coven::open(&path, Config::default()).expect("open a new store file"));
+        Self { dir, path, coven }
+    }
+
+    /// Closes the store (every clone of the handle then answers `Closed`) and opens the same
+    /// file again.
+    pub fn reopen(&mut self) {
+        self.coven.close();
+        self.coven =
+            Arc::new(Coven::open(&self.path, Config::default()).expect("reopen the store file"));
+    }
+
+    /// The store's logical content and the bytes of its file.
+    pub fn dump(&self) -> (Dump, Vec<u8>) {
+        (Dump::of(&self.coven), file_bytes(&self.path))
+    }
+}
+
+pub fn memory_store() -> Coven {
+    Coven::open_in_memory(Config::default()).expect("open an in-memory store")
+}
+
+pub fn file_bytes(path: &Path) -> Vec<u8> {
+    std::fs::read(path).expect("read the store file")
+}
+
+/// Registers `scripted` familiars, given as `(id, display name)`.
+pub fn register(coven: &Coven, familiars: &[(&str, &str)]) {
+    for (id, name) in familiars {
+        coven
+            .register_familiar(Familiar::new(*id, *name, "scripted"))
+            .expect("register familiar");
+    }
+}
+
+pub fn ids(familiar_ids: &[&str]) -> Vec<String> {
+    familiar_ids.iter().map(|id| (*id).to_owned()).collect()
+}
+
+/// Every change of a group from rev 1, read page by page.
+pub fn all_changes(coven: &Coven, group_id: &str) -> Vec<GroupChange> {
+    let mut out: Vec<GroupChange> = Vec::new();
+    loop {
+        let after = out.last().map_or(0, |change| change.rev);
+        let page = coven
+            .changes_since(group_id, after, MAX_PAGE)
+            .expect("changes_since");
+        if page.is_empty() {
+            return out;
+        }
+        out.extend(page);
+    }
+}
+
+/// Every event of a group from seq 1, read page by page with a small page size.
+pub fn all_events_paged(coven: &Coven, group_id: &str, page_size: u32) -> Vec<GroupEvent> {
+    let mut out: Vec<GroupEvent> = Vec::new();
+    loop {
+        let after = out.last().map_or(0, |event| event.seq);
+        let page = coven
+            .events_since(group_id, after, page_size)
+            .expect("events_since");
+        assert!(
+            page.len() <= page_size as usize,
+            "page larger than its limit"
+        );
+        if page.is_empty() {
+            return out;
+        }
+        out.extend(page);
+    }
+}
+
+/// Asserts the timeline's seqs are exactly 1..=n, in order.
+pub fn assert_seq_contiguous(events: &[GroupEvent]) {
+    for (index, event) in events.iter().enumerate() {
+        assert_eq!(
+            event.seq,
+            index as u64 + 1,
+            "seq hole or duplicate at position {index}: {:?}",
+            events.iter().map(|e| e.seq).collect::<Vec<_>>()
+        );
+    }
+}
+
+/// Asserts the group's change log holds exactly the revs 1..=head, where head is the snapshot's
+/// rev, and returns the log.
+pub fn assert_rev_contiguous(coven: &Coven, group_id: &str) -> Vec<GroupChange> {
+    let head = coven.get_group(group_id).expect("get_group").rev;
+    let changes = all_changes(coven, group_id);
+    let revs: Vec<u64> = changes.iter().map(|c| c.rev).collect();
+    let expected: Vec<u64> = (1..=head).collect();
+    assert_eq!(revs, expected, "revs are not 1..=head");
+    for change in &changes {
+        assert_eq!(change.group_id, group_id);
+    }
+    changes
+}
+
+/// Everything the public API can read from a store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Dump {
+    pub familiars: Vec<Familiar>,
+    pub groups: Vec<GroupConversation>,
+    pub snapshots: Vec<GroupSnapshot>,
+    pub changes: Vec<Vec<GroupChange>>,
+    pub sessions: Vec<Vec<Session>>,
+}
+
+impl Dump {
+    pub fn of(coven: &Coven) -> Self {
+        let familiars = coven.list_familiars().expect("list_familiars");
+        for familiar in &familiars {
+            assert_eq!(
+                coven.get_familiar(&familiar.id).as_ref(),
+                Ok(familiar),
+                "get_familiar disagrees with list_familiars"
+            );
+        }
+        let groups = coven.list_groups().expect("list_groups");
+        let mut snapshots = Vec::new();
+        let mut changes = Vec::new();
+        let mut sessions = Vec::new();
+        for group in &groups {
+            let snapshot = coven.get_group(&group.id).expect("get_group");
+            assert_eq!(
+                &snapshot.group, group,
+                "get_group disagrees with list_groups"
+            );
+            snapshots.push(snapshot);
+            changes.push(all_changes(coven, &group.id));
+            let of_group = coven.sessions_of(&group.id).expect("sessions_of");
+            for session in &of_group {
+                assert_eq!(
+                    coven.get_session(&session.id).as_ref(),
+                    Ok(session),
+                    "get_session disagrees with sessions_of"
+                );
+            }
+            sessions.push(of_group);
+        }
+        Self {
+            familiars,
+            groups,
+            snapshots,
+            changes,
+            sessions,
+        }
+    }
+}
+
+/// The fields of an event that adoption determines (ids and revs aside).
+pub type EventView = (
+    u64,
+    EventKind,
+    Option<String>,
+    Option<String>,
+    String,
+    SystemTime,
+);
+
+pub fn view(events: &[GroupEvent]) -> Vec<EventView> {
+    events
+        .iter()
+        .map(|e| {
+            (
+                e.seq,
+                e.kind,
+                e.familiar_id.clone(),
+                e.author.clone(),
+                e.text.clone(),
+                e.timestamp,
+            )
+        })
+        .collect()
+}
+
+/// A fixed point in time, so adoption inputs are reproducible.
+pub fn at(millis: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(1_700_000_000) + Duration::from_millis(millis)
+}
+
+pub fn user(text: &str, timestamp: SystemTime) -> HistoryMessage {
+    HistoryMessage {
+        role: HistoryRole::User,
+        text: text.to_owned(),
+        timestamp,
+        author: None,
+    }
+}
+
+pub fn user_by(text: &str, author: &str, timestamp: SystemTime) -> HistoryMessage {
+    HistoryMessage {
+        author: Some(author.to_owned()),
+        ..user(text, timestamp)
+    }
+}
+
+pub fn reply(text: &str, timestamp: SystemTime) -> HistoryMessage {
+    HistoryMessage {
+        role: HistoryRole::Familiar,
+        text: text.to_owned(),
+        timestamp,
+        author: None,
+    }
+}
+
+/// A fresh, well-formed session id for adoption (a UUID no store has seen).
+pub fn fresh_session_id(n: u128) -> String {
+    // Random-looking but deterministic: a v4-shaped UUID built from a counter and a constant.
+    let value: u128 = 0x5eed_0000_0000_4000_8000_0000_0000_0000 | (n & 0xffff_ffff_ffff);
+    let hex = format!("{value:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    )
+}
+
+pub fn adopted(familiar_id: &str, session_id: &str, history: Vec<HistoryMessage>) -> AdoptedMember {
+    AdoptedMember {
+        familiar_id: familiar_id.to_owned(),
+        session_id: session_id.to_owned(),
+        history,
+    }
+}
+
+/// Asserts `result` is `InvalidInput` for `field`; returns the reason.
+#[track_caller]
+pub fn expect_invalid<T: std::fmt::Debug>(result: Result<T, Error>, field: &str) -> String {
+    match result {
+        Err(Error::InvalidInput { field: got, reason }) => {
+            assert_eq!(got, field, "wrong field (reason: {reason})");
+            reason
+        }
+        other => panic!("expected InvalidInput for {field:?}, got {other:?}"),
+    }
+}
+
+#[track_caller]
+pub fn expect_not_found<T: std::fmt::Debug>(result: Result<T, Error>, what: &str, id: &str) {
+    match result {
+        Err(Error::NotFound {
+            what: got,
+            id: got_id,
+        }) => {
+            assert_eq!((got.as_str(), got_id.as_str()), (what, id));
+        }
+        other => panic!("expected NotFound {what} {id}, got {other:?}"),
+    }
+}
+
+#[track_caller]
+pub fn expect_conflict<T: std::fmt::Debug>(result: Result<T, Error>) -> String {
+    match result {
+        Err(Error::Conflict { reason }) => reason,
+        other => panic!("expected Conflict, got {other:?}"),
+    }
+}
+
+/// The distinct values of a list, asserting there were no duplicates.
+pub fn distinct<T: Ord + Clone + std::fmt::Debug>(values: &[T]) -> BTreeSet<T> {
+    let set: BTreeSet<T> = values.iter().cloned().collect();
+    assert_eq!(set.len(), values.len(), "duplicates in {values:?}");
+    set
+}
