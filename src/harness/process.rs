@@ -122,35 +122,33 @@ impl Running {
         mut on_output: impl FnMut(&[u8]) -> Result<()>,
     ) -> Result<Ending> {
         let mut exit: Option<ExitInfo> = None;
+        let never = crossbeam_channel::never();
         loop {
+            // Once the child is reaped its channel is done; wait on output and cancel only.
+            let exited = if exit.is_some() { &never } else { &self.exited };
             crossbeam_channel::select! {
                 recv(self.output) -> chunk => match chunk {
                     Ok(chunk) => {
                         sink.keep_alive();
                         if let Err(err) = on_output(&chunk) {
-                            self.kill_and_reap();
+                            self.stop(exit.is_some());
                             return Err(err);
                         }
                     }
                     Err(_) => break,
                 },
-                recv(self.exited) -> status => {
-                    // The child is gone; kill whatever it left in its group so the output
-                    // closes, then drain what is still buffered.
-                    exit = status.ok();
+                recv(exited) -> status => {
+                    // The child is gone; kill whatever it left in its group so the output closes.
+                    exit = Some(status.unwrap_or_else(|_| ExitInfo {
+                        success: false,
+                        description: "was lost track of".to_owned(),
+                    }));
                     self.kill_group();
                 }
                 recv(cancel.receiver()) -> _ => {
-                    self.kill_and_reap();
+                    self.stop(exit.is_some());
                     return Ok(Ending::Cancelled);
                 }
-            }
-            if exit.is_some() {
-                for chunk in self.output.iter() {
-                    sink.keep_alive();
-                    on_output(&chunk)?;
-                }
-                break;
             }
         }
         let exit = match exit {
@@ -158,7 +156,7 @@ impl Running {
             None => crossbeam_channel::select! {
                 recv(self.exited) -> status => status.map_err(|_| harness_error("lost track of the process"))?,
                 recv(cancel.receiver()) -> _ => {
-                    self.kill_and_reap();
+                    self.stop(false);
                     return Ok(Ending::Cancelled);
                 }
             },
@@ -166,6 +164,15 @@ impl Running {
         // Leftover processes of the group (daemonized helpers) do not outlive the run.
         self.kill_group();
         Ok(Ending::Exited(exit))
+    }
+
+    /// Kills the group and, unless the child was already reaped, waits until it is.
+    fn stop(&self, reaped: bool) {
+        if reaped {
+            self.kill_group();
+        } else {
+            self.kill_and_reap();
+        }
     }
 }
 

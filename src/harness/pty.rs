@@ -38,6 +38,7 @@ impl Harness for Pty {
             sink.delta(text);
             Ok(())
         })?;
+        sink.delta(terminal.finish());
         match ending {
             Ending::Cancelled => Ok(()),
             Ending::Exited(exit) if exit.success => Ok(()),

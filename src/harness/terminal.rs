@@ -8,6 +8,9 @@ use vte::{Parser, Perform};
 pub struct TerminalText {
     parser: Parser,
     out: Collector,
+    /// The start of a UTF-8 character that the last read cut off, held until the rest arrives
+    /// (the parser itself must only ever see whole characters).
+    carry: Vec<u8>,
 }
 
 #[derive(Default)]
@@ -29,11 +32,48 @@ impl Perform for Collector {
     }
 }
 
+/// How many trailing bytes form the beginning of a UTF-8 character that is not complete yet.
+fn incomplete_tail(bytes: &[u8]) -> usize {
+    for back in 1..=bytes.len().min(3) {
+        let byte = bytes[bytes.len() - back];
+        if byte & 0xC0 == 0x80 {
+            continue;
+        }
+        let width = match byte {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => return 0,
+        };
+        return if back < width { back } else { 0 };
+    }
+    0
+}
+
 impl TerminalText {
     /// Consumes one read and returns the text it completed (possibly empty).
     pub fn feed(&mut self, bytes: &[u8]) -> String {
-        self.parser.advance(&mut self.out, bytes);
+        let mut joined;
+        let whole: &[u8] = if self.carry.is_empty() {
+            bytes
+        } else {
+            joined = std::mem::take(&mut self.carry);
+            joined.extend_from_slice(bytes);
+            &joined
+        };
+        let cut = whole.len() - incomplete_tail(whole);
+        self.parser.advance(&mut self.out, &whole[..cut]);
+        self.carry = whole[cut..].to_vec();
         std::mem::take(&mut self.out.text)
+    }
+
+    /// Ends the stream: a character still cut off becomes U+FFFD.
+    pub fn finish(&mut self) -> String {
+        if self.carry.is_empty() {
+            return String::new();
+        }
+        self.carry.clear();
+        '\u{fffd}'.to_string()
     }
 }
 
@@ -56,6 +96,24 @@ mod tests {
             text.push_str(&term.feed(std::slice::from_ref(byte)));
         }
         assert_eq!(text, "ré\ndone ✓\n");
+    }
+
+    #[test]
+    fn joins_characters_cut_between_reads_without_losing_neighbours() {
+        let mut term = TerminalText::default();
+        let mut text = String::new();
+        for read in [
+            &b"caf\xc3"[..],
+            b"\xa9 \xe2\x9c",
+            b"\x93 \xf0\x9f",
+            b"\xa6\x80!\n",
+        ] {
+            text.push_str(&term.feed(read));
+        }
+        text.push_str(&term.finish());
+        assert_eq!(text, "caf\u{e9} \u{2713} \u{1f980}!\n");
+        assert_eq!(term.feed(b"x\xe2\x9c"), "x");
+        assert_eq!(term.finish(), "\u{fffd}");
     }
 
     #[test]

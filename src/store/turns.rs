@@ -133,22 +133,26 @@ impl<'txn> Batch<'txn> {
         let turn = self
             .turn_record(key.group)?
             .filter(|turn| turn.turn_id == key.turn);
-        let failed = end
-            .error
+        let live = self.live.remove(&key);
+        // A reply that ends without any output is a failure of its harness.
+        let error = match (live, end.error) {
+            (None, None) => Some(ReplyError {
+                kind: ReplyErrorKind::Failed,
+                message: "the harness finished without producing any output".to_owned(),
+            }),
+            (_, error) => error,
+        };
+        let failed = error
             .as_ref()
             .is_some_and(|e| e.kind != ReplyErrorKind::Cancelled);
-        match self.live.remove(&key) {
+        match live {
             Some(seq) => {
-                self.finalize_streaming(key.group, seq, end.error)?;
+                self.finalize_streaming(key.group, seq, error)?;
             }
             None => {
-                let error = end.error.unwrap_or_else(|| ReplyError {
-                    kind: ReplyErrorKind::Failed,
-                    message: "the harness finished without producing any output".to_owned(),
-                });
                 let mut new = NewEvent::familiar(key.familiar.clone(), String::new());
                 new.turn_id = Some(ids::to_string(key.turn));
-                new.error = Some(error);
+                new.error = error;
                 self.append(key.group, new)?;
             }
         }
