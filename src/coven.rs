@@ -476,7 +476,7 @@ impl Coven {
         // already recorded in the hub (no wait) or wakes this wait.
         if self
             .hub
-            .wait_beyond(&ids::to_string(group), after_rev, timeout)
+            .wait_beyond(&ids::to_string(group), after_rev, timeout)?
         {
             self.reader()?.changes(group, after_rev, limit)
         } else {

@@ -43,6 +43,9 @@ struct Pending {
     queue: VecDeque<GroupChange>,
     /// The queue overflowed and was dropped; re-read the store.
     overflowed: bool,
+    /// The group's deletion notice, kept even through an overflow: once the group is gone the
+    /// store cannot supply it.
+    deleted: Option<GroupChange>,
     cancelled: bool,
 }
 
@@ -56,6 +59,9 @@ struct Feed {
 impl Feed {
     fn push(&self, change: &GroupChange) {
         let mut pending = self.pending.lock();
+        if change.update == GroupUpdate::GroupDeleted {
+            pending.deleted = Some(change.clone());
+        }
         if pending.cancelled || pending.overflowed {
             return;
         }
@@ -77,6 +83,8 @@ impl Feed {
 struct HubState {
     latest: HashMap<String, u64>,
     feeds: HashMap<String, Vec<Arc<Feed>>>,
+    /// The store is closing: no new subscription, and long-polls return.
+    closed: bool,
 }
 
 /// Latest published rev per group, long-poll wake-ups, and the live subscriptions.
@@ -117,23 +125,25 @@ impl Hub {
     }
 
     /// Blocks until the group has a published rev beyond `after_rev`, or the deadline passes.
-    /// Returns whether such a rev was published.
-    pub fn wait_beyond(&self, group_id: &str, after_rev: u64, timeout: Duration) -> bool {
+    /// Returns whether such a rev was published; `Closed` when the store closes meanwhile.
+    pub fn wait_beyond(&self, group_id: &str, after_rev: u64, timeout: Duration) -> Result<bool> {
         let deadline = Instant::now() + timeout;
         let mut state = self.state.lock();
         loop {
-            if state
-                .latest
-                .get(group_id)
-                .is_some_and(|rev| *rev > after_rev)
-            {
-                return true;
+            if state.closed {
+                return Err(Error::Closed);
             }
-            if self.published.wait_until(&mut state, deadline).timed_out() {
-                return state
+            let beyond = |state: &HubState| {
+                state
                     .latest
                     .get(group_id)
-                    .is_some_and(|rev| *rev > after_rev);
+                    .is_some_and(|rev| *rev > after_rev)
+            };
+            if beyond(&state) {
+                return Ok(true);
+            }
+            if self.published.wait_until(&mut state, deadline).timed_out() {
+                return Ok(beyond(&state));
             }
         }
     }
@@ -155,13 +165,15 @@ impl Hub {
         });
         // From here on every publish for the group reaches the feed; the backlog read that the
         // thread starts with covers everything committed before.
-        self.state
-            .lock()
-            .feeds
-            .entry(group_id)
-            .or_default()
-            .push(feed.clone());
+        {
+            let mut state = self.state.lock();
+            if state.closed {
+                return Err(Error::Closed);
+            }
+            state.feeds.entry(group_id).or_default().push(feed.clone());
+        }
         let delivery = Delivery {
+            hub: Arc::downgrade(self),
             db,
             group,
             delivered: after_rev,
@@ -209,12 +221,14 @@ impl Hub {
         }
     }
 
-    /// Ends every subscription (the store is closing).
+    /// Ends every subscription and wakes every long-poll (the store is closing).
     pub fn close(&self) {
         let feeds: Vec<Arc<Feed>> = {
             let mut state = self.state.lock();
+            state.closed = true;
             state.feeds.drain().flat_map(|(_, feeds)| feeds).collect()
         };
+        self.published.notify_all();
         for feed in &feeds {
             feed.cancel();
         }
@@ -259,6 +273,7 @@ impl Drop for Subscription {
 
 /// The delivery thread's state: where it is in the group's rev order.
 struct Delivery {
+    hub: std::sync::Weak<Hub>,
     db: Arc<Database>,
     group: u128,
     delivered: u64,
@@ -277,6 +292,15 @@ enum Step {
 
 impl Delivery {
     fn run(mut self) {
+        self.deliver_all();
+        // A subscription that ended by itself (its group was deleted) forgets its thread.
+        if let Some(hub) = self.hub.upgrade() {
+            hub.remove(&self.feed);
+            hub.threads.lock().remove(&self.feed.id);
+        }
+    }
+
+    fn deliver_all(&mut self) {
         let mut catching_up = true;
         loop {
             let step = if catching_up {
@@ -326,12 +350,16 @@ impl Delivery {
         match page {
             Ok(page) if page.is_empty() => Step::GoLive,
             Ok(page) => Step::Deliver(page),
-            // The group is gone: its deletion notice ends the subscription.
-            Err(Error::NotFound { .. }) => Step::Deliver(vec![GroupChange {
-                group_id: self.feed.group_id.clone(),
-                rev: self.delivered + 1,
-                update: GroupUpdate::GroupDeleted,
-            }]),
+            // The group is gone (and its log with it): its deletion notice ends the
+            // subscription; a subscriber that lagged behind jumps straight to it.
+            Err(Error::NotFound { .. }) => {
+                let notice = self.feed.pending.lock().deleted.clone();
+                Step::Deliver(vec![notice.unwrap_or_else(|| GroupChange {
+                    group_id: self.feed.group_id.clone(),
+                    rev: self.delivered + 1,
+                    update: GroupUpdate::GroupDeleted,
+                })])
+            }
             // The store is closing or failing: stop rather than spin.
             Err(_) => Step::Stop,
         }
