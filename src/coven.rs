@@ -444,16 +444,7 @@ impl Coven {
             return Err(Error::Closed);
         }
         let db = self.db.read().clone().ok_or(Error::Closed)?;
-        let head = Reader::new(&db)?.head(group)?;
-        if after_rev > head.rev() {
-            return Err(Error::invalid(
-                "after_rev",
-                format!(
-                    "{after_rev} is beyond the group's latest rev {}",
-                    head.rev()
-                ),
-            ));
-        }
+        Reader::new(&db)?.head_covering(group, after_rev)?;
         self.hub.subscribe(db, group, after_rev, listener)
     }
 

@@ -179,8 +179,8 @@ impl Reader {
         })
     }
 
-    /// Up to `limit` changes with rev greater than `after_rev`, in rev order.
-    pub fn changes(&self, group: u128, after_rev: u64, limit: u32) -> Result<Vec<GroupChange>> {
+    /// The group's head, refusing a rev beyond it (a client cannot have seen the future).
+    pub fn head_covering(&self, group: u128, after_rev: u64) -> Result<Head> {
         let head = self.head(group)?;
         if after_rev > head.rev() {
             return Err(Error::invalid(
@@ -191,6 +191,12 @@ impl Reader {
                 ),
             ));
         }
+        Ok(head)
+    }
+
+    /// Up to `limit` changes with rev greater than `after_rev`, in rev order.
+    pub fn changes(&self, group: u128, after_rev: u64, limit: u32) -> Result<Vec<GroupChange>> {
+        self.head_covering(group, after_rev)?;
         let changes = self.txn.open_table(CHANGES)?;
         let group_id = ids::to_string(group);
         let mut out = Vec::new();
