@@ -21,10 +21,9 @@ use crate::hub::{GroupListener, Hub, Subscription};
 use crate::ids;
 use crate::model::{
     AdoptedMember, Config, Familiar, GroupChange, GroupConversation, GroupEvent, GroupSnapshot,
-    Session, TurnHandle,
+    Recovery, Session, TurnHandle,
 };
 use crate::store::ops::{NewEvent, NewGroup};
-use crate::store::turns::Recovery;
 use crate::store::writer::{self, Batch, Command, Writer};
 use crate::store::{self, Reader};
 use crate::validate;
@@ -99,9 +98,8 @@ impl Coven {
     }
 
     /// What opening repaired: replies a crash left streaming, sessions left running, turn locks.
-    pub fn recovery(&self) -> (u64, u64, u64) {
-        let r = &self.recovery;
-        (r.interrupted_replies, r.failed_sessions, r.released_turns)
+    pub fn recovery(&self) -> Recovery {
+        self.recovery.clone()
     }
 
     /// The configuration this store was opened with.

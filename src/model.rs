@@ -280,6 +280,17 @@ impl Config {
     }
 }
 
+/// What opening a store repaired after a crash.
+#[derive(Debug, Default, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Recovery {
+    /// Replies left streaming (or never started) that were marked interrupted.
+    pub interrupted_replies: u64,
+    /// Sessions left running that were marked failed.
+    pub failed_sessions: u64,
+    /// Turn locks released.
+    pub released_turns: u64,
+}
+
 /// A started turn: its id and the user's persisted message.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct TurnHandle {

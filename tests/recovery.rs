@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use coven_group::{Config, Coven, EventKind, ReplyErrorKind, SessionStatus};
+use coven_group::{Config, Coven, EventKind, Recovery, ReplyErrorKind, SessionStatus};
 use support::*;
 
 /// Set (to the store path) only in the child process.
@@ -142,7 +142,11 @@ fn a_turn_killed_mid_stream_is_recovered_at_open() {
     let (group, turn, seen) = crash_mid_turn(&path);
 
     let coven = Coven::open(&path, Config::default()).expect("reopen after the crash");
-    let (interrupted, failed_sessions, released) = coven.recovery();
+    let Recovery {
+        interrupted_replies: interrupted,
+        failed_sessions,
+        released_turns: released,
+    } = coven.recovery();
     assert_eq!(
         (interrupted, failed_sessions, released),
         (2, 2, 1),
@@ -205,7 +209,7 @@ fn a_turn_killed_mid_stream_is_recovered_at_open() {
     coven.close();
     drop(coven);
     let coven = Coven::open(&path, Config::default()).unwrap();
-    assert_eq!(coven.recovery(), (0, 0, 0));
+    assert_eq!(coven.recovery(), Recovery::default());
     assert_eq!(coven.get_group(&group).unwrap(), snapshot);
 
     // The turn lock is released: a new turn runs to the end, and seq stays contiguous.

@@ -12,8 +12,8 @@ use super::writer::{Batch, ReplyKey, ReplyOutput};
 use crate::error::{Error, Result};
 use crate::ids;
 use crate::model::{
-    Familiar, GroupConversation, GroupEvent, GroupUpdate, ReplyError, ReplyErrorKind, Session,
-    SessionStatus,
+    Familiar, GroupConversation, GroupEvent, GroupUpdate, Recovery, ReplyError, ReplyErrorKind,
+    Session, SessionStatus,
 };
 
 /// What `send` needs to dispatch a turn once it is committed.
@@ -29,14 +29,6 @@ pub struct ReplyEnd {
     pub session: u128,
     pub error: Option<ReplyError>,
     pub resume_token: Option<String>,
-}
-
-/// What a crash left behind, as repaired at open.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Recovery {
-    pub interrupted_replies: u64,
-    pub failed_sessions: u64,
-    pub released_turns: u64,
 }
 
 impl<'txn> Batch<'txn> {
