@@ -104,7 +104,12 @@ impl Hub {
         {
             let mut state = self.state.lock();
             for change in &changes {
-                state.latest.insert(change.group_id.clone(), change.rev);
+                match state.latest.get_mut(&change.group_id) {
+                    Some(latest) => *latest = change.rev,
+                    None => {
+                        state.latest.insert(change.group_id.clone(), change.rev);
+                    }
+                }
                 if let Some(feeds) = state.feeds.get(&change.group_id) {
                     for feed in feeds {
                         feed.push(change);

@@ -117,11 +117,11 @@ impl Reader {
             .ok_or_else(|| Error::not_found("group", ids::to_string(group)))
     }
 
-    /// The group with `updated_at` set to its latest activity.
-    pub fn group(&self, group: u128) -> Result<GroupConversation> {
+    /// The group with `updated_at` set to its latest activity (from its head).
+    fn group(&self, group: u128, head: &Head) -> Result<GroupConversation> {
         let mut record: GroupConversation = load(&self.txn.open_table(GROUPS)?, group)?
             .ok_or_else(|| Error::not_found("group", ids::to_string(group)))?;
-        record.updated_at = self.head(group)?.active_at;
+        record.updated_at = head.active_at;
         Ok(record)
     }
 
@@ -154,13 +154,18 @@ impl Reader {
                 ),
             ));
         }
+        self.events_after(group, after_seq, limit as usize)
+    }
+
+    /// The events after `after_seq` (which the caller has checked), streaming ones completed.
+    fn events_after(&self, group: u128, after_seq: u64, limit: usize) -> Result<Vec<GroupEvent>> {
         let events = self.txn.open_table(EVENTS)?;
         let chunks = self.txn.open_table(REPLY_CHUNKS)?;
         let mut out = Vec::new();
         let first = after_seq.saturating_add(1);
         for entry in events
             .range((group, first)..=(group, u64::MAX))?
-            .take(limit as usize)
+            .take(limit)
         {
             let event: GroupEvent = codec::decode(entry?.1.value())?;
             out.push(complete_event(&chunks, group, event)?);
@@ -168,13 +173,12 @@ impl Reader {
         Ok(out)
     }
 
+    /// The group, its whole timeline and the rev they reflect, from one read transaction.
     pub fn snapshot(&self, group: u128) -> Result<GroupSnapshot> {
-        let record = self.group(group)?;
         let head = self.head(group)?;
-        let events = self.events(group, 0, u32::MAX)?;
         Ok(GroupSnapshot {
-            group: record,
-            events,
+            group: self.group(group, &head)?,
+            events: self.events_after(group, 0, usize::MAX)?,
             rev: head.rev(),
         })
     }

@@ -100,7 +100,7 @@ impl<'txn> Batch<'txn> {
     /// A reply's output: the first claims the reply's seq (in arrival order), later ones queue
     /// as deltas. Output for a turn that is no longer running is dropped.
     pub fn reply_output(&mut self, output: ReplyOutput) -> Result<()> {
-        if self.live.contains_key(&output.key) {
+        if self.live.seq(&output.key).is_some() {
             self.queue_delta(output.key, output.text);
             return Ok(());
         }
@@ -115,7 +115,7 @@ impl<'txn> Batch<'txn> {
         new.streaming = true;
         new.turn_id = Some(ids::to_string(key.turn));
         let event = self.append(key.group, new)?;
-        self.live.insert(key, event.seq);
+        self.live.claim(key, event.seq);
         Ok(())
     }
 
@@ -125,7 +125,7 @@ impl<'txn> Batch<'txn> {
         let turn = self
             .turn_record(key.group)?
             .filter(|turn| turn.turn_id == key.turn);
-        let live = self.live.remove(&key);
+        let live = self.live.release(&key);
         // A reply that ends without any output is a failure of its harness.
         let error = match (live, end.error) {
             (None, None) => Some(ReplyError {

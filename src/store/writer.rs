@@ -134,7 +134,7 @@ pub struct Batch<'txn> {
     changes: Table<'txn, (u128, u64), &'static [u8]>,
     heads: HashMap<u128, HeadSlot>,
     /// Replies that have claimed their seq and are still streaming, across batches.
-    pub live: HashMap<ReplyKey, u64>,
+    pub live: LiveReplies,
     /// Text for live replies not yet stored, in arrival order; flushed before any other
     /// operation and at the end of the batch, one delta change per reply.
     pending: Vec<(ReplyKey, String)>,
@@ -144,7 +144,7 @@ pub struct Batch<'txn> {
 }
 
 impl<'txn> Batch<'txn> {
-    fn open(txn: &'txn WriteTransaction, live: HashMap<ReplyKey, u64>) -> Result<Self> {
+    fn open(txn: &'txn WriteTransaction) -> Result<Self> {
         Ok(Self {
             now: SystemTime::now(),
             familiars: txn.open_table(FAMILIARS)?,
@@ -158,7 +158,7 @@ impl<'txn> Batch<'txn> {
             heads_table: txn.open_table(HEADS)?,
             changes: txn.open_table(CHANGES)?,
             heads: HashMap::new(),
-            live,
+            live: LiveReplies::default(),
             pending: Vec::new(),
             published: Vec::new(),
             applied: 0,
@@ -275,7 +275,7 @@ impl<'txn> Batch<'txn> {
     /// Stores every queued delta: one chunk and one `ReplyDelta` change per reply.
     pub fn flush_pending(&mut self) -> Result<()> {
         for (key, text) in std::mem::take(&mut self.pending) {
-            let Some(&seq) = self.live.get(&key) else {
+            let Some(seq) = self.live.seq(&key) else {
                 continue;
             };
             let rev = self.peek_rev(key.group)?;
@@ -309,6 +309,49 @@ impl<'txn> Batch<'txn> {
             }
         }
         Ok(())
+    }
+}
+
+/// The seq of every reply still streaming, kept by the writer across batches. Changes made by a
+/// batch are logged so that a batch that does not commit can take them back.
+#[derive(Default)]
+pub struct LiveReplies {
+    seqs: HashMap<ReplyKey, u64>,
+    /// What each change replaced, newest last.
+    undo: Vec<(ReplyKey, Option<u64>)>,
+}
+
+impl LiveReplies {
+    pub fn seq(&self, key: &ReplyKey) -> Option<u64> {
+        self.seqs.get(key).copied()
+    }
+
+    pub fn claim(&mut self, key: ReplyKey, seq: u64) {
+        let before = self.seqs.insert(key.clone(), seq);
+        self.undo.push((key, before));
+    }
+
+    pub fn release(&mut self, key: &ReplyKey) -> Option<u64> {
+        let before = self.seqs.remove(key);
+        if before.is_some() {
+            self.undo.push((key.clone(), before));
+        }
+        before
+    }
+
+    /// The batch committed: its changes stand.
+    fn keep(&mut self) {
+        self.undo.clear();
+    }
+
+    /// The batch did not commit: restore the state before it.
+    fn roll_back(&mut self) {
+        while let Some((key, before)) = self.undo.pop() {
+            match before {
+                Some(seq) => self.seqs.insert(key, seq),
+                None => self.seqs.remove(&key),
+            };
+        }
     }
 }
 
@@ -352,7 +395,7 @@ impl Drop for Writer {
 
 fn run(db: &Database, durable: bool, hub: &Hub, receiver: &Receiver<Command>) {
     let mut queued: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
-    let mut live = HashMap::new();
+    let mut live = LiveReplies::default();
     loop {
         let Ok(first) = receiver.recv() else { return };
         let mut stop = false;
@@ -392,17 +435,16 @@ fn commit_batch(
     durable: bool,
     hub: &Hub,
     queued: &mut Vec<Queued>,
-    live: &mut HashMap<ReplyKey, u64>,
+    live: &mut LiveReplies,
 ) {
     let txn = match begin(db, durable) {
         Ok(txn) => txn,
         Err(err) => return reject_all(queued, &err),
     };
-    // Kept to undo this batch's claims on the live replies if it does not commit.
-    let live_before = live.clone();
     let mut completions = Vec::with_capacity(queued.len());
-    let (outcome, published) = match Batch::open(&txn, std::mem::take(live)) {
+    let (outcome, published) = match Batch::open(&txn) {
         Ok(mut batch) => {
+            batch.live = std::mem::take(live);
             for item in queued.drain(..) {
                 match item {
                     Queued::Write(op) => {
@@ -429,10 +471,7 @@ fn commit_batch(
             *live = std::mem::take(&mut batch.live);
             (outcome, std::mem::take(&mut batch.published))
         }
-        Err(err) => {
-            *live = live_before;
-            return reject_all(queued, &err);
-        }
+        Err(err) => return reject_all(queued, &err),
     };
     let committed = match outcome {
         // Only refusals: leave the file exactly as it was.
@@ -443,8 +482,9 @@ fn commit_batch(
             Err(err)
         }
     };
-    if committed.is_err() {
-        *live = live_before;
+    match committed {
+        Ok(()) => live.keep(),
+        Err(_) => live.roll_back(),
     }
     for completion in completions {
         completion(&committed);
