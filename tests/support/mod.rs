@@ -13,8 +13,15 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use coven_group::{
     Coven, Error, EventKind, Familiar, GroupChange, GroupEvent, GroupSnapshot, GroupUpdate,
-    Harness, ReplySink, TurnRequest, MAX_PAGE,
+    Harness, ReplySink, TurnRequest,
 };
+
+// The contract tests' helpers, shared rather than copied.
+#[path = "../common/mod.rs"]
+mod common;
+// Each test binary uses a different subset.
+#[allow(unused_imports)]
+pub use common::{all_changes, assert_seq_contiguous as assert_contiguous, ids as strings};
 
 /// Upper bound for anything a test waits on; reaching it is a failure, never the expected path.
 pub const GUARD: Duration = Duration::from_secs(30);
@@ -84,10 +91,6 @@ pub fn familiar(id: &str, name: &str, harness: &str) -> Familiar {
     Familiar::new(id, name, harness)
 }
 
-pub fn strings(items: &[&str]) -> Vec<String> {
-    items.iter().map(|item| (*item).to_owned()).collect()
-}
-
 /// Waits (on the store's long-poll, no sleeping) until the group's snapshot satisfies `done`.
 pub fn wait_until(
     coven: &Coven,
@@ -148,28 +151,6 @@ pub fn reply<'a>(snapshot: &'a GroupSnapshot, turn_id: &str, familiar: &str) -> 
         snapshot.events
     );
     found[0]
-}
-
-/// Asserts that the events carry seq 1..=n in order.
-pub fn assert_contiguous(events: &[GroupEvent]) {
-    let seqs: Vec<u64> = events.iter().map(|event| event.seq).collect();
-    let expected: Vec<u64> = (1..=events.len() as u64).collect();
-    assert_eq!(seqs, expected, "seq must be contiguous from 1");
-}
-
-/// Every change of a group from rev 1.
-pub fn all_changes(coven: &Coven, group_id: &str) -> Vec<GroupChange> {
-    let mut out: Vec<GroupChange> = Vec::new();
-    loop {
-        let after = out.last().map_or(0, |change| change.rev);
-        let page = coven
-            .changes_since(group_id, after, MAX_PAGE)
-            .expect("changes_since");
-        if page.is_empty() {
-            return out;
-        }
-        out.extend(page);
-    }
 }
 
 /// The text a reply received through the change log: its first output plus every delta.
