@@ -32,6 +32,7 @@ use crate::validate;
 pub const BUILTIN_HARNESSES: [&str; 4] = ["scripted", "command", "claude", "codex"];
 
 /// An open store. `Send + Sync`: share it behind an `Arc` and call it from any thread.
+#[derive(uniffi::Object)]
 pub struct Coven {
     /// `None` once closed, which also releases the file for another open.
     db: RwLock<Option<Arc<Database>>>,
@@ -51,11 +52,6 @@ impl Coven {
     /// A second open of the same file in one process is refused with `Conflict`.
     pub fn open(path: impl AsRef<Path>, config: Config) -> Result<Self> {
         Self::start(store::open_file(path.as_ref())?, config)
-    }
-
-    /// A store that lives in memory and disappears when closed.
-    pub fn open_in_memory(config: Config) -> Result<Self> {
-        Self::start(store::open_memory()?, config)
     }
 
     fn start(db: Database, config: Config) -> Result<Self> {
@@ -97,27 +93,9 @@ impl Coven {
         })
     }
 
-    /// What opening repaired: replies a crash left streaming, sessions left running, turn locks.
-    pub fn recovery(&self) -> Recovery {
-        self.recovery.clone()
-    }
-
     /// The configuration this store was opened with.
     pub fn config(&self) -> &Config {
         &self.config
-    }
-
-    /// Finishes every queued write, stops the library's threads and releases the file. Later
-    /// calls return `Closed`. Closing twice is harmless.
-    pub fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
-        // Running turns end as cancelled and their outcomes commit before the writer stops.
-        self.fanout.shutdown();
-        self.hub.close();
-        if let Some(mut writer) = self.writer.lock().take() {
-            writer.shutdown();
-        }
-        self.db.write().take();
     }
 
     fn reader(&self) -> Result<Reader> {
@@ -137,15 +115,6 @@ impl Coven {
         let (command, answer) = writer::call(op);
         self.sender.send(command).map_err(|_| Error::Closed)?;
         answer.recv().map_err(|_| Error::Closed)?
-    }
-
-    // ---- familiars ----
-
-    /// Registers a familiar, or updates one registered with the same harness.
-    pub fn register_familiar(&self, familiar: Familiar) -> Result<Familiar> {
-        validate::familiar(&familiar)?;
-        self.check_harness(&familiar)?;
-        self.write(move |batch| batch.register_familiar(familiar))
     }
 
     fn check_harness(&self, familiar: &Familiar) -> Result<()> {
@@ -187,6 +156,49 @@ impl Coven {
             )),
             (_, None) => Ok(()),
         }
+    }
+}
+
+/// The exported surface: every operation below is also what Swift, Kotlin and Python call.
+#[uniffi::export]
+impl Coven {
+    /// [`Coven::open`] with the path as a string; the `open` constructor of the bindings.
+    #[uniffi::constructor(name = "open")]
+    pub fn open_path(path: String, config: Config) -> Result<Self> {
+        Self::open(path, config)
+    }
+
+    /// A store that lives in memory and disappears when closed.
+    #[uniffi::constructor]
+    pub fn open_in_memory(config: Config) -> Result<Self> {
+        Self::start(store::open_memory()?, config)
+    }
+
+    /// What opening repaired: replies a crash left streaming, sessions left running, turn locks.
+    pub fn recovery(&self) -> Recovery {
+        self.recovery.clone()
+    }
+
+    /// Finishes every queued write, stops the library's threads and releases the file. Later
+    /// calls return `Closed`. Closing twice is harmless.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        // Running turns end as cancelled and their outcomes commit before the writer stops.
+        self.fanout.shutdown();
+        self.hub.close();
+        if let Some(mut writer) = self.writer.lock().take() {
+            writer.shutdown();
+        }
+        self.db.write().take();
+    }
+
+    // ---- familiars ----
+
+    /// Registers a familiar, or updates one registered with the same harness.
+    pub fn register_familiar(&self, familiar: Familiar) -> Result<Familiar> {
+        validate::familiar(&familiar)?;
+        self.check_harness(&familiar)?;
+        self.write(move |batch| batch.register_familiar(familiar))
     }
 
     pub fn get_familiar(&self, familiar_id: &str) -> Result<Familiar> {
