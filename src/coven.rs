@@ -54,6 +54,13 @@ impl Coven {
         Self::start(store::open_file(path.as_ref())?, config)
     }
 
+    /// Opens a store on a caller-supplied redb storage backend. For tests that inject storage
+    /// faults (a backend that fails writes the way a full disk does); not part of the bindings.
+    #[doc(hidden)]
+    pub fn open_with_backend(backend: impl redb::StorageBackend, config: Config) -> Result<Self> {
+        Self::start(store::open_backend(backend)?, config)
+    }
+
     fn start(db: Database, config: Config) -> Result<Self> {
         if config.max_concurrent_runs == 0 {
             return Err(Error::invalid(
@@ -98,7 +105,7 @@ impl Coven {
         &self.config
     }
 
-    fn reader(&self) -> Result<Reader> {
+    pub(crate) fn reader(&self) -> Result<Reader> {
         let db = self.db.read().clone().ok_or(Error::Closed)?;
         Reader::new(&db)
     }

@@ -22,6 +22,7 @@
 //! ```
 
 mod adopt;
+mod check;
 mod coven;
 mod error;
 mod fanout;

@@ -297,3 +297,87 @@ pub struct TurnHandle {
     pub turn_id: String,
     pub user_event: GroupEvent,
 }
+
+/// What kind of inconsistency [`crate::Coven::check`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, uniffi::Enum)]
+pub enum IntegrityProblemKind {
+    /// The schema version is missing or not one this release reads.
+    Schema,
+    /// A stored value cannot be decoded, or its key and its content disagree.
+    CorruptRecord,
+    /// A group's events are not exactly seq 1..=head.
+    SeqNotContiguous,
+    /// A group's change log is not exactly rev 1..=head, or a change disagrees with the events
+    /// (a change naming a missing event, an event whose rev is not its latest change's, an
+    /// event whose text is not what its changes streamed).
+    RevIndex,
+    /// A member does not have exactly one session of its own (missing, shared, of another group
+    /// or another familiar, absent from the group's session index).
+    MemberSession,
+    /// A record refers to a group, session or event that does not exist.
+    Dangling,
+    /// A reply is streaming, or has streamed text, without a running turn waiting for it.
+    StreamingWithoutTurn,
+    /// A session is running without a running turn waiting for its member.
+    RunningWithoutTurn,
+    /// A turn lock disagrees with the timeline or the membership.
+    TurnLock,
+    /// A consumer cursor points beyond its group's latest rev.
+    CursorBeyondHead,
+}
+
+/// One inconsistency found by [`crate::Coven::check`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, uniffi::Record)]
+pub struct IntegrityProblem {
+    /// The group concerned, when there is one.
+    pub group_id: Option<String>,
+    pub kind: IntegrityProblemKind,
+    /// What exactly is wrong, naming the seq, rev, session or key.
+    pub detail: String,
+}
+
+/// What [`crate::Coven::check`] verified, and every inconsistency it found, as of one commit.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize, uniffi::Record)]
+pub struct IntegrityReport {
+    /// Inconsistencies found; empty for a healthy store. At most
+    /// [`crate::MAX_INTEGRITY_PROBLEMS`] are listed.
+    pub problems: Vec<IntegrityProblem>,
+    /// Problems found beyond the listed ones.
+    pub problems_omitted: u64,
+    pub familiars: u64,
+    pub groups: u64,
+    pub events: u64,
+    pub changes: u64,
+    pub sessions: u64,
+    pub cursors: u64,
+    /// Turn locks held (turns running) at the checked commit.
+    pub running_turns: u64,
+    /// Replies still streaming at the checked commit.
+    pub streaming_replies: u64,
+    /// Sessions running at the checked commit.
+    pub running_sessions: u64,
+}
+
+impl IntegrityReport {
+    /// True when no inconsistency was found.
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty() && self.problems_omitted == 0
+    }
+
+    /// True when the store is consistent and nothing is running or streaming: the state a store
+    /// is in after opening, or once every turn has ended.
+    pub fn is_clean_and_idle(&self) -> bool {
+        self.is_clean()
+            && self.running_turns == 0
+            && self.streaming_replies == 0
+            && self.running_sessions == 0
+    }
+
+    /// The problems of one kind.
+    pub fn of_kind(&self, kind: IntegrityProblemKind) -> Vec<&IntegrityProblem> {
+        self.problems.iter().filter(|p| p.kind == kind).collect()
+    }
+}
+
+/// Most problems an [`IntegrityReport`] lists; the rest are only counted.
+pub const MAX_INTEGRITY_PROBLEMS: usize = 1000;

@@ -1,6 +1,7 @@
 //! The redb store: schema, reads on the caller's thread, and (in [`writer`]) the one thread that
 //! writes.
 
+pub mod check;
 pub mod codec;
 pub mod ops;
 pub mod tables;
@@ -10,7 +11,10 @@ pub mod writer;
 use std::fs::OpenOptions;
 use std::path::Path;
 
-use redb::{backends::InMemoryBackend, Database, ReadTransaction, ReadableDatabase, ReadableTable};
+use redb::{
+    backends::InMemoryBackend, Database, ReadTransaction, ReadableDatabase, ReadableTable,
+    StorageBackend,
+};
 
 use crate::error::{Error, Result};
 use crate::ids;
@@ -30,6 +34,13 @@ pub fn open_file(path: &Path) -> Result<Database> {
 /// A store that lives in memory and vanishes with its handle.
 pub fn open_memory() -> Result<Database> {
     let db = Database::builder().create_with_backend(InMemoryBackend::new())?;
+    init_schema(&db)?;
+    Ok(db)
+}
+
+/// A store on a caller-supplied redb backend (fault-injection tests wrap the file backend).
+pub fn open_backend(backend: impl StorageBackend) -> Result<Database> {
+    let db = Database::builder().create_with_backend(backend)?;
     init_schema(&db)?;
     Ok(db)
 }
