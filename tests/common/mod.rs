@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use coven_group::{
     AdoptedMember, Config, Coven, Error, EventKind, Familiar, GroupChange, GroupConversation,
-    GroupEvent, GroupSnapshot, HistoryMessage, HistoryRole, Session, MAX_PAGE,
+    GroupEvent, GroupSnapshot, HistoryMessage, HistoryRole, IntegrityReport, Session, MAX_PAGE,
 };
 use tempfile::TempDir;
 
@@ -294,4 +294,65 @@ pub fn distinct<T: Ord + Clone + std::fmt::Debug>(values: &[T]) -> BTreeSet<T> {
     let set: BTreeSet<T> = values.iter().cloned().collect();
     assert_eq!(set.len(), values.len(), "duplicates in {values:?}");
     set
+}
+
+/// Runs the integrity check and fails, listing every problem, unless the store is consistent.
+#[track_caller]
+pub fn assert_clean(coven: &Coven) -> IntegrityReport {
+    let report = coven.check().expect("check");
+    assert!(
+        report.is_clean(),
+        "integrity check found {} problem(s) (+{} omitted): {:#?}",
+        report.problems.len(),
+        report.problems_omitted,
+        report.problems
+    );
+    report
+}
+
+/// [`assert_clean`], and nothing running or streaming: the state after an open or once every
+/// turn has ended.
+#[track_caller]
+pub fn assert_clean_and_idle(coven: &Coven) -> IntegrityReport {
+    let report = assert_clean(coven);
+    assert!(
+        report.is_clean_and_idle(),
+        "left running: {} turn lock(s), {} streaming reply(ies), {} running session(s)",
+        report.running_turns,
+        report.streaming_replies,
+        report.running_sessions
+    );
+    report
+}
+
+/// A small seeded PRNG (splitmix64) for fault and load tests: seeded from `env_var` when set,
+/// otherwise from the clock, and printed, so a failing run can be replayed.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn seeded(env_var: &str) -> Self {
+        let seed = std::env::var(env_var)
+            .ok()
+            .and_then(|seed| seed.parse().ok())
+            .unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0x00c0_7e11, |d| d.as_nanos() as u64)
+            });
+        eprintln!("seed {seed} (replay with {env_var}={seed})");
+        Self(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `low..=high`.
+    pub fn between(&mut self, low: u64, high: u64) -> u64 {
+        low + self.next() % (high - low + 1)
+    }
 }
