@@ -170,7 +170,6 @@ fn crash_child_workload() {
             ack(&format!("deleted {group}"));
         }
     }));
-    drop(spawn);
     for thread in threads {
         thread.join().expect("child thread");
     }
@@ -359,7 +358,14 @@ fn acknowledged_writes_survive_sigkill_under_a_mixed_workload() {
         totals.replies_interrupted += coven.recovery().interrupted_replies;
         let report = assert_clean_and_idle(&coven);
         assert!(report.groups >= 4, "{context}: {report:?}");
-        verify(&coven, &groups, iteration, &run.acks, &mut expected, &context);
+        verify(
+            &coven,
+            &groups,
+            iteration,
+            &run.acks,
+            &mut expected,
+            &context,
+        );
         coven.close();
     }
     totals.turns_done = expected.done.len();
@@ -572,14 +578,20 @@ fn verify_turns(
     let mut replies: HashMap<&str, Vec<&str>> = HashMap::new();
     for event in &snapshot.events {
         assert!(!event.streaming, "{context}: seq {} streaming", event.seq);
-        let turn = event.turn_id.as_deref().expect("every event here has a turn");
+        let turn = event
+            .turn_id
+            .as_deref()
+            .expect("every event here has a turn");
         match event.kind {
             EventKind::User => {
                 replies.entry(turn).or_default();
             }
             EventKind::Familiar => {
                 let familiar = event.familiar_id.as_deref().unwrap();
-                replies.get_mut(turn).expect("a reply after its turn").push(familiar);
+                replies
+                    .get_mut(turn)
+                    .expect("a reply after its turn")
+                    .push(familiar);
                 let error = event.error.as_ref().map(|e| e.kind);
                 if done.contains(turn) {
                     assert_eq!(
@@ -633,7 +645,10 @@ fn verify_membership(
     let stored_removed =
         count(|n| matches!(n, SystemNotice::MemberRemoved { familiar_id } if familiar_id == GUEST));
     // The thread alternates joins and leaves; at most one more than acknowledged committed.
-    let lower = (expected.guest_added + added, expected.guest_removed + removed);
+    let lower = (
+        expected.guest_added + added,
+        expected.guest_removed + removed,
+    );
     assert!(
         (stored_added, stored_removed) == lower
             || (stored_added, stored_removed) == (lower.0 + 1, lower.1)
@@ -652,7 +667,10 @@ fn verify_membership(
 
     let title = &snapshot.group.title;
     let allowed: Vec<String> = match last_rename {
-        Some(n) => vec![format!("m-i{iteration}-{n}"), format!("m-i{iteration}-{}", n + 1)],
+        Some(n) => vec![
+            format!("m-i{iteration}-{n}"),
+            format!("m-i{iteration}-{}", n + 1),
+        ],
         None => vec![expected.title.clone(), format!("m-i{iteration}-0")],
     };
     assert!(
