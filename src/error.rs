@@ -1,8 +1,10 @@
 //! The one public error type. Every refusal names what was wrong precisely enough for a host to
 //! show it to a person; internal failures (redb, codec, threads) map onto `Storage` or `Closed`.
 
-/// Every way a call can fail.
+/// Every way a call can fail. The bindings call it `CovenError` (`CovenException` in Kotlin) so
+/// it does not shadow the languages' own `Error` and `Exception`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, uniffi::Error)]
+#[uniffi(name = "CovenError")]
 pub enum Error {
     /// The named thing does not exist (or no longer does).
     #[error("{what} not found: {id}")]
