@@ -1,0 +1,203 @@
+// How an iOS chat thread uses coven-group (the `CovenGroup` Swift module from
+// `bindings/generate.sh`; see bindings/README.md for the XCFramework).
+//
+// Before: the thread kept `[familiarId: sessionId]` and looped one prompt over N sessions, so the
+// "group" had no shared order and could not re-sync. After: the thread is bound to one group id;
+// it sends through the library and renders the group's one timeline, bubbles keyed by seq and
+// attributed to their familiar, from a listener, and re-syncs by rev.
+
+import CovenGroup
+import Foundation
+
+/// One bubble of the thread: a timeline event, keyed by its seq.
+struct Bubble: Identifiable, Equatable {
+    let seq: UInt64
+    var id: UInt64 { seq }
+    let familiarId: String?  // nil: the user or a system notice
+    let author: String?
+    var text: String
+    var streaming: Bool
+    var failure: String?
+
+    init(_ event: GroupEvent) {
+        seq = event.seq
+        familiarId = event.familiarId
+        author = event.author
+        text = event.text
+        streaming = event.streaming
+        failure = event.error.map { "\($0.kind): \($0.message)" }
+    }
+}
+
+@MainActor
+final class ChatThread: ObservableObject {
+    let groupId: String
+    @Published private(set) var bubbles: [Bubble] = []
+    @Published private(set) var lastError: String?
+
+    private let coven: Coven
+    /// The rev every bubble reflects; everything after it is applied exactly once.
+    private var rev: UInt64 = 0
+    private var subscription: Subscription?
+
+    /// Binds the thread to a group: renders the stored timeline, then follows it live.
+    init(coven: Coven, groupId: String) throws {
+        self.coven = coven
+        self.groupId = groupId
+        let snapshot = try coven.getGroup(groupId: groupId)
+        bubbles = snapshot.events.map(Bubble.init)
+        rev = snapshot.rev
+        // Keep the handle: dropping a Subscription cancels it.
+        subscription = try coven.subscribe(groupId: groupId, afterRev: rev, listener: MainActorListener(self))
+    }
+
+    /// Adopts the thread the app used to fake: its `familiarId → sessionId` map and the history
+    /// each session already holds become one group (sessions reused, histories interleaved).
+    static func adopt(
+        coven: Coven, title: String, sessionIds: [String: String], histories: [String: [HistoryMessage]]
+    ) throws -> ChatThread {
+        let members = sessionIds.sorted { $0.key < $1.key }.map { familiarId, sessionId in
+            AdoptedMember(familiarId: familiarId, sessionId: sessionId, history: histories[familiarId] ?? [])
+        }
+        let group = try coven.adoptGroup(title: title, members: members)
+        return try ChatThread(coven: coven, groupId: group.id)
+    }
+
+    // No deinit needed: when the thread goes away, its Subscription is released, which cancels it.
+
+    /// One prompt to every member. The call returns once the user's message has its seq; the
+    /// replies arrive through the listener. Off the main actor: it waits for a durable commit.
+    func send(_ text: String) {
+        let coven = coven, groupId = groupId
+        Task.detached {
+            do {
+                _ = try coven.send(groupId: groupId, text: text, author: nil)
+            } catch CovenError.Conflict(let reason) {
+                await self.report("still answering the previous message: \(reason)")
+            } catch {
+                await self.report("\(error)")
+            }
+        }
+    }
+
+    func stop() {
+        let coven = coven, groupId = groupId
+        Task.detached { _ = try? coven.cancelTurn(groupId: groupId) }
+    }
+
+    /// Pull-to-refresh: pulls exactly what this thread has not seen (after `rev`).
+    func refresh() async {
+        let coven = coven, groupId = groupId, after = rev
+        do {
+            let changes = try await Task.detached { try coven.changesSince(groupId: groupId, afterRev: after, limit: 10_000) }.value
+            apply(changes)
+        } catch {
+            report("\(error)")
+        }
+    }
+
+    /// Applies changes in rev order; a rev already applied is skipped, so the listener and a
+    /// refresh can overlap. A gap (which the library never produces) falls back to a refresh.
+    fileprivate func apply(_ changes: [GroupChange]) {
+        for change in changes where change.rev > rev {
+            guard change.rev == rev + 1 else {
+                Task { await refresh() }
+                return
+            }
+            rev = change.rev
+            switch change.update {
+            case .eventAppended(let event):
+                upsert(Bubble(event))
+            case .replyDelta(let seq, _, let text):
+                if let index = index(of: seq) { bubbles[index].text += text }
+            case .replyFinished(let event):
+                upsert(Bubble(event))
+            case .groupDeleted:
+                subscription = nil
+                bubbles = []
+            case .groupCreated, .groupChanged, .sessionChanged, .sessionSacrificed:
+                break  // the header and member list would observe these
+            }
+        }
+    }
+
+    private func upsert(_ bubble: Bubble) {
+        if let index = index(of: bubble.seq) {
+            bubbles[index] = bubble
+        } else {
+            // seq only grows, so appending keeps the bubbles in timeline order.
+            bubbles.append(bubble)
+        }
+    }
+
+    private func index(of seq: UInt64) -> Int? {
+        bubbles.lastIndex { $0.seq == seq }
+    }
+
+    private func report(_ message: String) { lastError = message }
+}
+
+/// The library calls listeners on a delivery thread of its own, never holding a library lock.
+/// Hop to the main queue in order (FIFO), where the thread applies them by rev.
+private final class MainActorListener: GroupListener, @unchecked Sendable {
+    private weak var thread: ChatThread?
+
+    init(_ thread: ChatThread) { self.thread = thread }
+
+    func onUpdates(updates: [GroupChange]) throws {
+        DispatchQueue.main.async { [weak thread] in
+            MainActor.assumeIsolated { thread?.apply(updates) }
+        }
+    }
+}
+
+/// A familiar whose replies come from the desktop daemon: register it once with
+/// `coven.registerHostHarness(name: "daemon", harness: DaemonHarness(base: url))` and give
+/// familiars `harness: "daemon"`. Workers call `runTurn` concurrently, one call per member, off
+/// the main thread; blocking here is expected. Throwing (or `sink.fail`) fails this member only.
+final class DaemonHarness: Harness, @unchecked Sendable {
+    private let base: URL
+    private let session = URLSession(configuration: .ephemeral)
+
+    init(base: URL) { self.base = base }
+
+    func runTurn(request: TurnRequest, sink: ReplySink) throws {
+        var http = URLRequest(url: base.appendingPathComponent("sessions/\(request.sessionId)/turns"))
+        http.httpMethod = "POST"
+        http.setValue("application/json", forHTTPHeaderField: "Content-Type")
+        http.httpBody = try JSONSerialization.data(withJSONObject: [
+            "familiar": request.familiar.id,
+            "prompt": request.prompt,
+            "resume": request.resumeToken as Any,
+        ])
+
+        let done = DispatchSemaphore(value: 0)
+        var failure: Error?
+        let stream = Task {
+            defer { done.signal() }
+            do {
+                let (lines, response) = try await session.bytes(for: http)
+                guard (response as? HTTPURLResponse)?.statusCode == 200 else {
+                    throw CovenError.Harness(reason: "daemon answered \(response)")
+                }
+                // One JSON object per line: {"delta": "..."} while streaming, {"resume": "..."}.
+                for try await line in lines.lines {
+                    if sink.isCancelled() { return }
+                    guard let object = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else { continue }
+                    if let delta = object["delta"] as? String { sink.delta(text: delta) }
+                    if let token = object["resume"] as? String { sink.setResumeToken(token: token) }
+                    if object["keepalive"] != nil { sink.keepAlive() }
+                }
+            } catch {
+                failure = error
+            }
+        }
+        // Cancel (the user's stop, or the silence timeout) ends the request promptly.
+        while done.wait(timeout: .now() + .milliseconds(250)) == .timedOut {
+            if sink.isCancelled() { stream.cancel() }
+        }
+        if let failure, !sink.isCancelled() {
+            throw failure as? CovenError ?? CovenError.Harness(reason: "\(failure)")
+        }
+    }
+}
