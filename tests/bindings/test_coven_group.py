@@ -427,6 +427,10 @@ class Lifecycle(StoreTestCase):
         with self.assertRaises(cg.CovenError.NotFound):
             self.coven.get_session(ada_session.id)
 
+        report = self.coven.check()
+        self.assertEqual(report.problems, [])
+        self.assertEqual((report.groups, report.events, report.familiars), (1, 3, 2))
+
         self.coven.delete_group(group.id)
         self.assertEqual(self.coven.list_groups(), [])
 
