@@ -54,6 +54,21 @@ impl Coven {
         Self::start(store::open_file(path.as_ref())?, config)
     }
 
+    /// [`Coven::open`] with redb's page cache limited to `cache_bytes` (redb's default is 1 GiB,
+    /// so a process's memory grows with its store up to that). For tests that measure the
+    /// library's own memory; not part of the bindings.
+    #[doc(hidden)]
+    pub fn open_with_cache(
+        path: impl AsRef<Path>,
+        cache_bytes: usize,
+        config: Config,
+    ) -> Result<Self> {
+        Self::start(
+            store::open_file_with_cache(path.as_ref(), Some(cache_bytes))?,
+            config,
+        )
+    }
+
     /// Opens a store on a caller-supplied redb storage backend. For tests that inject storage
     /// faults (a backend that fails writes the way a full disk does); not part of the bindings.
     #[doc(hidden)]

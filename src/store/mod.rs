@@ -25,8 +25,17 @@ use tables::*;
 
 /// Opens (creating if needed) a store file and brings its schema up to date.
 pub fn open_file(path: &Path) -> Result<Database> {
+    open_file_with_cache(path, None)
+}
+
+/// [`open_file`] with redb's page cache limited to `cache_bytes` (redb's default is 1 GiB).
+pub fn open_file_with_cache(path: &Path, cache_bytes: Option<usize>) -> Result<Database> {
     create_private(path)?;
-    let db = Database::builder().create(path)?;
+    let mut builder = Database::builder();
+    if let Some(bytes) = cache_bytes {
+        builder.set_cache_size(bytes);
+    }
+    let db = builder.create(path)?;
     init_schema(&db)?;
     Ok(db)
 }
