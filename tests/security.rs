@@ -4,16 +4,17 @@
 //! and no later call (nor re-pointing a symlink it was given through) widens it; and no
 //! credential or environment secret of the host process ends up in the store file.
 
-mod common;
 mod support;
 
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::{assert_clean, assert_clean_and_idle};
 use coven_group::{Config, Coven, Familiar, GroupUpdate, ReplyErrorKind};
-use support::{all_changes, fake_bin, finish_turn, init_path, reply, strings, GUARD};
+use support::{
+    all_changes, assert_clean, assert_clean_and_idle, fake_bin, finish_turn, init_path, reply,
+    strings, GUARD,
+};
 
 /// A directory tree for project-root tests: `base/project/sub`, `base/outside`,
 /// `base/project/escape → base/outside`, and `base/link → base/project`.

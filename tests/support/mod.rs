@@ -21,7 +21,10 @@ use coven_group::{
 mod common;
 // Each test binary uses a different subset.
 #[allow(unused_imports)]
-pub use common::{all_changes, assert_seq_contiguous as assert_contiguous, ids as strings};
+pub use common::{
+    all_changes, assert_clean, assert_clean_and_idle, assert_seq_contiguous as assert_contiguous,
+    ids as strings,
+};
 
 /// Upper bound for anything a test waits on; reaching it is a failure, never the expected path.
 pub const GUARD: Duration = Duration::from_secs(30);
