@@ -21,12 +21,37 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+fn decode_limited<T: DeserializeOwned, const LIMIT: usize>(
+    body: &[u8],
+) -> std::result::Result<(T, usize), bincode::error::DecodeError> {
+    bincode::serde::decode_from_slice(body, config().with_limit::<LIMIT>())
+}
+
+/// Decodes with a limit on what the decoder may claim: 16 times the smallest power of 16 from
+/// 1 KiB that holds the whole value. bincode claims each string's length before allocating it
+/// and 1 to 16 bytes per decoded integer (whatever its varint size), so a valid value claims at
+/// most 16 times its length and never hits the limit; a corrupt length prefix does, before it
+/// allocates. Without the limit, a few corrupt bytes claiming a 4 GiB string made the decoder
+/// allocate 4 GiB (found by fuzzing).
+fn decode_body<T: DeserializeOwned>(
+    body: &[u8],
+) -> std::result::Result<(T, usize), bincode::error::DecodeError> {
+    match body.len() {
+        n if n <= 1 << 10 => decode_limited::<T, { 16 << 10 }>(body),
+        n if n <= 1 << 14 => decode_limited::<T, { 16 << 14 }>(body),
+        n if n <= 1 << 18 => decode_limited::<T, { 16 << 18 }>(body),
+        n if n <= 1 << 22 => decode_limited::<T, { 16 << 22 }>(body),
+        n if n <= 1 << 26 => decode_limited::<T, { 16 << 26 }>(body),
+        _ => decode_limited::<T, { usize::MAX }>(body),
+    }
+}
+
 /// Decodes a value written by [`encode`]; refuses unknown versions and trailing bytes.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     match bytes.split_first() {
         Some((&FORMAT_VERSION, body)) => {
-            let (value, used) = bincode::serde::decode_from_slice(body, config())
-                .map_err(|err| Error::storage(format!("corrupt value: {err}")))?;
+            let (value, used) =
+                decode_body(body).map_err(|err| Error::storage(format!("corrupt value: {err}")))?;
             if used != body.len() {
                 return Err(Error::storage(format!(
                     "corrupt value: {} trailing bytes",
@@ -65,5 +90,26 @@ mod tests {
         trailing.push(0);
         assert!(decode::<(u64, String, Option<Vec<u8>>)>(&trailing).is_err());
         assert!(decode::<u64>(&[]).is_err());
+    }
+
+    #[test]
+    fn a_corrupt_length_prefix_is_refused_without_allocating_it() {
+        // Version, then a string whose varint length claims u64::MAX - 1 bytes.
+        let mut bytes = vec![FORMAT_VERSION, 0xfd];
+        bytes.extend_from_slice(&(u64::MAX - 1).to_le_bytes());
+        bytes.extend_from_slice(b"tiny");
+        let err = decode::<String>(&bytes).unwrap_err();
+        assert!(matches!(err, Error::Storage { ref reason } if reason.contains("corrupt")));
+        // Values at and around each step decode, integers (which claim more than their varint
+        // bytes) included.
+        for len in [0, 1 << 10, (1 << 10) + 1, 1 << 14, 1 << 18, (1 << 18) + 5] {
+            let text = "x".repeat(len);
+            assert_eq!(decode::<String>(&encode(&text).unwrap()).unwrap(), text);
+        }
+        let numbers: Vec<u128> = vec![0; 1 << 12];
+        assert_eq!(
+            decode::<Vec<u128>>(&encode(&numbers).unwrap()).unwrap(),
+            numbers
+        );
     }
 }
