@@ -20,7 +20,11 @@ struct Collector {
 
 impl Perform for Collector {
     fn print(&mut self, c: char) {
-        self.text.push(c);
+        // The parser prints DEL and C1 controls (U+0080..=U+009F, which some terminals still
+        // obey, e.g. U+009B as CSI); reply text keeps no control character but newline and tab.
+        if !c.is_control() {
+            self.text.push(c);
+        }
     }
 
     fn execute(&mut self, byte: u8) {
@@ -114,6 +118,14 @@ mod tests {
         assert_eq!(text, "caf\u{e9} \u{2713} \u{1f980}!\n");
         assert_eq!(term.feed(b"x\xe2\x9c"), "x");
         assert_eq!(term.finish(), "\u{fffd}");
+    }
+
+    #[test]
+    fn drops_del_and_c1_controls() {
+        assert_eq!(
+            strip("a\u{9b}31mb\u{85}c\u{7f}d\u{8}e\r\n".as_bytes()),
+            "a31mbcde\n"
+        );
     }
 
     #[test]
