@@ -37,7 +37,7 @@ mod validate;
 pub use adopt::MERGE_WINDOW as ADOPT_MERGE_WINDOW;
 pub use coven::{Coven, BUILTIN_HARNESSES};
 pub use error::{Error, Result};
-pub use harness::{Harness, ReplySink, TurnRequest};
+pub use harness::{Harness, ReplySink, TurnRequest, MAX_REPLY_BYTES};
 pub use hub::{GroupListener, Subscription, SUBSCRIPTION_QUEUE_LIMIT};
 pub use model::*;
 pub use validate::{

@@ -24,6 +24,11 @@ use crate::error::{Error, Result};
 use crate::model::{Familiar, GroupConversation};
 use crate::store::writer::{Command, ReplyKey, ReplyOutput};
 
+/// Longest reply a member may give, in bytes. Text beyond it is dropped: the reply keeps its
+/// first `MAX_REPLY_BYTES` (cut at a character boundary), fails with a message saying so, and a
+/// process harness's run is stopped, so a runaway program costs bounded memory and storage.
+pub const MAX_REPLY_BYTES: usize = 4 * 1024 * 1024;
+
 /// Everything a harness needs to run one member's side of a turn.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct TurnRequest {
@@ -57,6 +62,10 @@ struct SinkState {
     resume_token: Option<String>,
     failure: Option<String>,
     finished: bool,
+    /// Reply bytes accepted so far.
+    bytes: usize,
+    /// The reply reached [`MAX_REPLY_BYTES`]; `failure` says so.
+    overflowed: bool,
 }
 
 /// Where a harness sends its reply. Text goes to the writer as it arrives; the reply's seq is
@@ -73,16 +82,33 @@ pub struct ReplySink {
 
 #[uniffi::export]
 impl ReplySink {
-    /// Appends text to the reply. Ignored once the reply has finished or failed.
-    pub fn delta(&self, text: String) {
+    /// Appends text to the reply. Ignored once the reply has finished or failed. Text past
+    /// [`MAX_REPLY_BYTES`] is dropped and fails the reply.
+    pub fn delta(&self, mut text: String) {
         if text.is_empty() {
             return;
         }
         {
-            let state = self.state.lock();
+            let mut state = self.state.lock();
             if state.finished || state.failure.is_some() {
                 return;
             }
+            let room = MAX_REPLY_BYTES - state.bytes;
+            if text.len() > room {
+                let mut cut = room;
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                text.truncate(cut);
+                state.overflowed = true;
+                state.failure = Some(format!(
+                    "the reply exceeded the limit of {MAX_REPLY_BYTES} bytes; it was cut there"
+                ));
+            }
+            state.bytes += text.len();
+        }
+        if text.is_empty() {
+            return;
         }
         let _ = self.activity.try_send(());
         // A closed writer means the store is closing: the reply is recovered as interrupted.
@@ -143,6 +169,12 @@ impl ReplySink {
             activity,
             state: Mutex::new(SinkState::default()),
         }
+    }
+
+    /// Why the reply was cut, once it outgrew [`MAX_REPLY_BYTES`].
+    pub(crate) fn overflow(&self) -> Option<String> {
+        let state = self.state.lock();
+        state.overflowed.then(|| state.failure.clone()).flatten()
     }
 
     /// Closes the sink and hands back what the harness reported.

@@ -15,6 +15,8 @@ use crate::error::Result;
 
 /// Longest single output line a JSON-lines harness may print.
 pub const MAX_LINE_BYTES: usize = 8 * 1024 * 1024;
+/// How many read lines may wait for the parser (so at most this many times MAX_LINE_BYTES).
+const LINES_QUEUED: usize = 4;
 /// How much of a process's stderr is kept for its error message.
 const STDERR_TAIL_BYTES: usize = 2048;
 
@@ -114,7 +116,7 @@ impl Running {
 
     /// Hands each output chunk to `on_output` until the output ends and the child has exited.
     /// Cancel (or timeout) kills the group and reaps the child. An error from `on_output` (invalid
-    /// output) does the same and is returned.
+    /// output), or a reply that outgrew [`super::MAX_REPLY_BYTES`], does the same and is returned.
     pub fn drive(
         &self,
         cancel: &Cancel,
@@ -133,6 +135,11 @@ impl Running {
                         if let Err(err) = on_output(&chunk) {
                             self.stop(exit.is_some());
                             return Err(err);
+                        }
+                        // A reply over its size limit is cut there; the run has nothing to add.
+                        if let Some(reason) = sink.overflow() {
+                            self.stop(exit.is_some());
+                            return Err(harness_error(reason));
                         }
                     }
                     Err(_) => break,
@@ -204,26 +211,30 @@ pub fn spawn_lines(
     let pgid = child.id() as i32;
 
     if let (Some(text), Some(mut stdin)) = (stdin_text, child.stdin.take()) {
-        spawn_helper("coven-stdin", move || {
+        let writer = spawn_helper("coven-stdin", move || {
             // A child that exits without reading its stdin is not an error here.
             let _ = stdin.write_all(text.as_bytes());
         });
+        or_abandon(pgid, program, writer)?;
     }
     let stderr_tail = Arc::new(Mutex::new(Vec::new()));
     if let Some(stderr) = child.stderr.take() {
         let tail = stderr_tail.clone();
-        spawn_helper("coven-stderr", move || keep_tail(stderr, &tail));
+        let reader = spawn_helper("coven-stderr", move || keep_tail(stderr, &tail));
+        or_abandon(pgid, program, reader)?;
     }
-    let (lines_tx, lines_rx) = crossbeam_channel::bounded(64);
+    // Lines may be up to MAX_LINE_BYTES long: few are queued, so few can wait in memory.
+    let (lines_tx, lines_rx) = crossbeam_channel::bounded(LINES_QUEUED);
     if let Some(stdout) = child.stdout.take() {
-        spawn_helper("coven-stdout", move || read_lines(stdout, &lines_tx));
+        let reader = spawn_helper("coven-stdout", move || read_lines(stdout, &lines_tx));
+        or_abandon(pgid, program, reader)?;
     }
-    let exited = reap(child);
+    let exited = or_abandon(pgid, program, reap(child))?;
     Ok(Running::new(pgid, lines_rx, exited, stderr_tail, None))
 }
 
 /// Waits for the child on a helper thread, so no zombie outlives the run.
-fn reap(mut child: Child) -> Receiver<ExitInfo> {
+fn reap(mut child: Child) -> std::io::Result<Receiver<ExitInfo>> {
     let (tx, rx) = crossbeam_channel::bounded(1);
     spawn_helper("coven-reap", move || {
         let info = match child.wait() {
@@ -234,15 +245,40 @@ fn reap(mut child: Child) -> Receiver<ExitInfo> {
             },
         };
         let _ = tx.send(info);
-    });
-    rx
+    })?;
+    Ok(rx)
 }
 
-pub fn spawn_helper(name: &str, work: impl FnOnce() + Send + 'static) {
-    // If the thread cannot start, the channel it would feed closes, which the run reports.
-    let _ = std::thread::Builder::new()
+/// A helper thread of a just-started child that could not start (the process or thread limit
+/// is reached) gives up the run: the child is killed and reaped here, never left a zombie.
+pub fn or_abandon<T>(pgid: i32, program: &Path, started: std::io::Result<T>) -> Result<T> {
+    started.map_err(|err| {
+        abandon(pgid);
+        harness_error(format!(
+            "cannot start a thread to watch {}: {err}",
+            program.display()
+        ))
+    })
+}
+
+/// Starts a named helper thread; it fails when the process or thread limit is reached.
+pub fn spawn_helper(name: &str, work: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
+    std::thread::Builder::new()
         .name(name.to_owned())
-        .spawn(work);
+        .spawn(work)
+        .map(drop)
+}
+
+/// Kills a just-started child's process group and reaps the child in place, for a start that
+/// cannot be completed. The child is the group's leader (`pgid` is its pid).
+pub fn abandon(pgid: i32) {
+    // SAFETY: plain syscalls on integers; `status` outlives the call. The child is killed
+    // first, so waiting for it returns at once.
+    unsafe {
+        libc::killpg(pgid, libc::SIGKILL);
+        let mut status = 0;
+        libc::waitpid(pgid, &mut status, 0);
+    }
 }
 
 /// Sends each line (without its newline); a line over [`MAX_LINE_BYTES`] is sent truncated to

@@ -88,13 +88,15 @@ fn spawn_pty(
         let _ = child.wait();
         return Err(harness_error("the started program has no process id"));
     };
-    let mut reader = pty
-        .master
-        .try_clone_reader()
-        .map_err(|err| harness_error(format!("cannot read the pseudo-terminal: {err}")))?;
+    // portable-pty starts the child in a new session, so its pid is its process group.
+    let pgid = pid as i32;
+    let mut reader = pty.master.try_clone_reader().map_err(|err| {
+        process::abandon(pgid);
+        harness_error(format!("cannot read the pseudo-terminal: {err}"))
+    })?;
 
     let (chunks_tx, chunks_rx) = crossbeam_channel::bounded(64);
-    process::spawn_helper("coven-pty-read", move || {
+    let read_thread = process::spawn_helper("coven-pty-read", move || {
         let mut buffer = vec![0u8; 16 * 1024];
         loop {
             match reader.read(&mut buffer) {
@@ -107,8 +109,9 @@ fn spawn_pty(
             }
         }
     });
+    process::or_abandon(pgid, program, read_thread)?;
     let (exit_tx, exit_rx) = crossbeam_channel::bounded(1);
-    process::spawn_helper("coven-pty-reap", move || {
+    let reap_thread = process::spawn_helper("coven-pty-reap", move || {
         let info = match child.wait() {
             Ok(status) if status.success() => ExitInfo {
                 success: true,
@@ -128,9 +131,9 @@ fn spawn_pty(
         };
         let _ = exit_tx.send(info);
     });
-    // portable-pty starts the child in a new session, so its pid is its process group.
+    process::or_abandon(pgid, program, reap_thread)?;
     Ok(Running::new(
-        pid as i32,
+        pgid,
         chunks_rx,
         exit_rx,
         Default::default(),
