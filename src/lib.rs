@@ -26,6 +26,8 @@ mod check;
 mod coven;
 mod error;
 mod fanout;
+#[doc(hidden)]
+pub mod fuzzing;
 mod guard;
 mod harness;
 mod hub;
