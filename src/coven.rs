@@ -434,7 +434,8 @@ impl Coven {
     }
 
     /// Waits until every member's reply to the turn has been committed. `Ok(false)` when the
-    /// timeout passes first. Turns started by this handle are known (the last 4096 finished).
+    /// timeout passes first; `Storage` (or `Closed`) when the turn ended but the store could not
+    /// save how a reply ended. Turns started by this handle are known (the last 4096 finished).
     pub fn wait_turn(&self, turn_id: &str, timeout: Duration) -> Result<bool> {
         let turn = ids::parse("turn_id", turn_id)?;
         self.fanout.wait(turn, timeout)

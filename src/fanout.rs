@@ -33,6 +33,9 @@ pub struct TurnControl {
     group: u128,
     cancels: Vec<Arc<Cancel>>,
     remaining: AtomicUsize,
+    /// Why a member's outcome could not be committed (the store refused the write, or was
+    /// closed): the turn ends, but `wait` must not acknowledge it as saved.
+    unsaved: Mutex<Option<Error>>,
     done: Mutex<bool>,
     finished: Condvar,
 }
@@ -63,6 +66,8 @@ struct Registry {
     by_id: HashMap<u128, Arc<TurnControl>>,
     finished_order: VecDeque<u128>,
     finished: HashSet<u128>,
+    /// The finished turns (a subset of `finished`) whose outcome was not entirely committed.
+    unsaved: HashMap<u128, Error>,
 }
 
 struct Shared {
@@ -131,6 +136,7 @@ impl Fanout {
             group,
             cancels: cancels.clone(),
             remaining: AtomicUsize::new(members.len()),
+            unsaved: Mutex::new(None),
             done: Mutex::new(false),
             finished: Condvar::new(),
         });
@@ -213,12 +219,13 @@ impl Fanout {
         let control = {
             let registry = self.shared.registry.lock();
             if registry.finished.contains(&turn) {
-                return Ok(true);
+                return saved(turn, registry.unsaved.get(&turn));
             }
             registry.by_id.get(&turn).cloned()
         };
         match control {
-            Some(control) => Ok(control.wait(timeout)),
+            Some(control) if control.wait(timeout) => saved(turn, control.unsaved.lock().as_ref()),
+            Some(_) => Ok(false),
             None => Err(Error::not_found("turn", ids::to_string(turn))),
         }
     }
@@ -269,9 +276,15 @@ fn run_member(shared: &Shared, job: MemberJob) {
         resume_token,
     };
     let (command, answer) = writer::call(move |batch| batch.finish_reply(key, end));
-    // If the store is closing the reply stays open in the file and is recovered as interrupted.
-    if shared.writer.send(command).is_ok() {
-        let _ = answer.recv();
+    // If the store is closing, or refuses the write (a full disk), the reply stays open in the
+    // file and is recovered as interrupted at the next open; the turn must then not be
+    // acknowledged as saved.
+    let committed = match shared.writer.send(command) {
+        Ok(()) => answer.recv().unwrap_or(Err(Error::Closed)).map(|_| ()),
+        Err(_) => Err(Error::Closed),
+    };
+    if let Err(err) = committed {
+        control.unsaved.lock().get_or_insert(err);
     }
     if control.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
         finish_turn(shared, &control);
@@ -290,10 +303,14 @@ fn finish_turn(shared: &Shared, control: &TurnControl) {
             registry.by_group.remove(&control.group);
         }
         registry.finished.insert(control.id);
+        if let Some(err) = control.unsaved.lock().clone() {
+            registry.unsaved.insert(control.id, err);
+        }
         registry.finished_order.push_back(control.id);
         if registry.finished_order.len() > FINISHED_TURNS_KEPT {
             if let Some(oldest) = registry.finished_order.pop_front() {
                 registry.finished.remove(&oldest);
+                registry.unsaved.remove(&oldest);
             }
         }
     }
@@ -369,6 +386,20 @@ fn supervise(
         }
     };
     (error, outcome.resume_token)
+}
+
+/// What `wait` answers for an ended turn: acknowledged only when every reply was committed.
+/// Otherwise the unsaved reply stays open in the file and is marked interrupted at the next open.
+fn saved(turn: u128, unsaved: Option<&Error>) -> Result<bool> {
+    match unsaved {
+        None => Ok(true),
+        Some(Error::Closed) => Err(Error::Closed),
+        Some(err) => Err(Error::storage(format!(
+            "turn {} ended, but how one of its replies ended could not be saved ({err}); the \
+             reply is marked interrupted when the store is next opened",
+            ids::to_string(turn)
+        ))),
+    }
 }
 
 fn failed(message: String) -> ReplyError {

@@ -268,21 +268,18 @@ fn fill(coven: &Arc<Coven>, group: &str, text_bytes: usize, fault: impl FnOnce()
     for thread in threads {
         thread.join().expect("a writer thread panicked");
     }
-    // The turn ends in this process whether or not its last commits made it to the disk.
-    let done = coven.wait_turn(&turn.turn_id, GUARD).unwrap();
-    assert!(done, "the turn did not end while the disk was full");
-    // After a refused commit a turn is never reported complete with its replies lost: if the
-    // store still answers, its replies are there; otherwise it is repaired at the next open.
+    // `wait_turn` acknowledges the turn only when every reply committed; when a reply's last
+    // commit was refused it says so with a storage error instead.
     let mut outcome = Arc::try_unwrap(outcome).unwrap().into_inner().unwrap();
-    if let Ok(snapshot) = coven.get_group(group) {
-        let replies = snapshot
-            .events
-            .iter()
-            .filter(|e| e.turn_id.as_deref() == Some(turn.turn_id.as_str()) && e.seq > 1)
-            .filter(|e| !e.streaming && e.error.is_none())
-            .count();
-        outcome.turn = Some((turn.turn_id, replies == 2));
-    }
+    let complete = match coven.wait_turn(&turn.turn_id, GUARD) {
+        Ok(true) => true,
+        Ok(false) => panic!("the turn did not end while the disk was full"),
+        Err(err) => {
+            outcome.errors.push(err);
+            false
+        }
+    };
+    outcome.turn = Some((turn.turn_id, complete));
     // Further calls are refused as storage errors too, and none panics.
     for result in [
         coven.append_user_message(group, "after".into(), None).err(),
