@@ -54,9 +54,9 @@ impl Coven {
         Self::start(store::open_file(path.as_ref())?, config)
     }
 
-    /// [`Coven::open`] with redb's page cache limited to `cache_bytes` (redb's default is 1 GiB,
-    /// so a process's memory grows with its store up to that). For tests that measure the
-    /// library's own memory; not part of the bindings.
+    /// [`Coven::open`] with redb's page cache limited to `cache_bytes` instead of the store's
+    /// default of 64 MiB. For tests that measure the library's own memory; not part of the
+    /// bindings.
     #[doc(hidden)]
     pub fn open_with_cache(
         path: impl AsRef<Path>,

@@ -23,18 +23,22 @@ use crate::model::{
 };
 use tables::*;
 
+/// redb's page cache (reads and the write buffer) for a store opened without an explicit size.
+/// redb's own default is 1 GiB, which an embedded library would grow into as the store grows; 64
+/// MiB keeps a process's memory bounded while a hot group's pages stay cached.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
 /// Opens (creating if needed) a store file and brings its schema up to date.
 pub fn open_file(path: &Path) -> Result<Database> {
     open_file_with_cache(path, None)
 }
 
-/// [`open_file`] with redb's page cache limited to `cache_bytes` (redb's default is 1 GiB).
+/// [`open_file`] with redb's page cache limited to `cache_bytes` ([`DEFAULT_CACHE_BYTES`] when
+/// `None`).
 pub fn open_file_with_cache(path: &Path, cache_bytes: Option<usize>) -> Result<Database> {
     create_private(path)?;
     let mut builder = Database::builder();
-    if let Some(bytes) = cache_bytes {
-        builder.set_cache_size(bytes);
-    }
+    builder.set_cache_size(cache_bytes.unwrap_or(DEFAULT_CACHE_BYTES));
     let db = builder.create(path)?;
     init_schema(&db)?;
     Ok(db)
@@ -174,14 +178,17 @@ impl Reader {
                 ),
             ));
         }
-        self.events_after(group, after_seq, limit as usize)
+        // No more than the group's remaining events exist, which sizes the page exactly.
+        let remaining = head.seq() - after_seq;
+        self.events_after(group, after_seq, remaining.min(u64::from(limit)) as usize)
     }
 
-    /// The events after `after_seq` (which the caller has checked), streaming ones completed.
+    /// The events after `after_seq` (which the caller has checked), streaming ones completed;
+    /// `limit` is also the capacity reserved, so callers pass at most what can exist.
     fn events_after(&self, group: u128, after_seq: u64, limit: usize) -> Result<Vec<GroupEvent>> {
         let events = self.txn.open_table(EVENTS)?;
         let chunks = self.txn.open_table(REPLY_CHUNKS)?;
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity(limit);
         let first = after_seq.saturating_add(1);
         for entry in events
             .range((group, first)..=(group, u64::MAX))?
@@ -198,7 +205,7 @@ impl Reader {
         let head = self.head(group)?;
         Ok(GroupSnapshot {
             group: self.group(group, &head)?,
-            events: self.events_after(group, 0, usize::MAX)?,
+            events: self.events_after(group, 0, head.seq() as usize)?,
             rev: head.rev(),
         })
     }
