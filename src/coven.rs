@@ -51,6 +51,8 @@ impl Coven {
     /// Opens the store at `path`, creating it (readable by its owner only) if it does not exist.
     /// A second open of the same file in one process is refused with `Conflict`.
     pub fn open(path: impl AsRef<Path>, config: Config) -> Result<Self> {
+        // A refused configuration must not create (or write to) the file.
+        check_config(&config)?;
         Self::start(store::open_file(path.as_ref())?, config)
     }
 
@@ -63,6 +65,7 @@ impl Coven {
         cache_bytes: usize,
         config: Config,
     ) -> Result<Self> {
+        check_config(&config)?;
         Self::start(
             store::open_file_with_cache(path.as_ref(), Some(cache_bytes))?,
             config,
@@ -77,18 +80,7 @@ impl Coven {
     }
 
     fn start(db: Database, config: Config) -> Result<Self> {
-        if config.max_concurrent_runs == 0 {
-            return Err(Error::invalid(
-                "config.max_concurrent_runs",
-                "must be at least 1",
-            ));
-        }
-        if config.silence_timeout_ms == 0 {
-            return Err(Error::invalid(
-                "config.silence_timeout_ms",
-                "must be at least 1",
-            ));
-        }
+        check_config(&config)?;
         let db = Arc::new(db);
         let hub = Arc::new(Hub::default());
         let writer = Writer::start(db.clone(), config.durable, hub.clone())?;
@@ -137,6 +129,15 @@ impl Coven {
         let (command, answer) = writer::call(op);
         self.sender.send(command).map_err(|_| Error::Closed)?;
         answer.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// `Closed` once [`Coven::close`] ran, for calls that reach neither the store nor the
+    /// writer (which answer `Closed` by themselves).
+    fn ensure_open(&self) -> Result<()> {
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
+        Ok(())
     }
 
     fn check_harness(&self, familiar: &Familiar) -> Result<()> {
@@ -438,6 +439,7 @@ impl Coven {
     /// save how a reply ended. Turns started by this handle are known (the last 4096 finished).
     pub fn wait_turn(&self, turn_id: &str, timeout: Duration) -> Result<bool> {
         let turn = ids::parse("turn_id", turn_id)?;
+        self.ensure_open()?;
         self.fanout.wait(turn, timeout)
     }
 
@@ -445,6 +447,7 @@ impl Coven {
     /// reaped) and each reply keeps its partial text, marked cancelled. Returns the turn id.
     pub fn cancel_turn(&self, group_id: &str) -> Result<String> {
         let group = ids::parse("group_id", group_id)?;
+        self.ensure_open()?;
         self.fanout.cancel(group).map(ids::to_string)
     }
 
@@ -456,6 +459,7 @@ impl Coven {
                 "{name:?} is a built-in harness kind and cannot be replaced"
             )));
         }
+        self.ensure_open()?;
         self.harnesses.write().insert(name.to_owned(), harness);
         Ok(())
     }
@@ -522,6 +526,23 @@ impl Coven {
         validate::consumer(consumer)?;
         self.reader()?.cursor(group, consumer)
     }
+}
+
+/// Refuses a configuration the store cannot run with, before anything is opened.
+fn check_config(config: &Config) -> Result<()> {
+    if config.max_concurrent_runs == 0 {
+        return Err(Error::invalid(
+            "config.max_concurrent_runs",
+            "must be at least 1",
+        ));
+    }
+    if config.silence_timeout_ms == 0 {
+        return Err(Error::invalid(
+            "config.silence_timeout_ms",
+            "must be at least 1",
+        ));
+    }
+    Ok(())
 }
 
 fn builtin_harnesses(config: &Config) -> HashMap<String, Arc<dyn Harness>> {
