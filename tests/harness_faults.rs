@@ -228,34 +228,52 @@ fn assert_bounded(what: &str, growth_kib: u64, budget_kib: u64) {
     );
 }
 
+/// Runs `program` (claude or codex) in `scenario`, where the fake starts a helper child in its
+/// process group; once the turn ended, both are gone. Returns the reply and the session status.
+fn cli_with_helper(program: &str, scenario: &str, config: Config) -> (GroupEvent, SessionStatus) {
+    let scene = Scene::new(program, &[], config);
+    let event = scene.turn(scenario);
+    let (pid, pgid, helper) = scene.fake_pids(program);
+    assert_eq!(pid, pgid, "the CLI leads its own process group");
+    assert_processes_gone(&[pid, helper], pgid);
+    (event, scene.status())
+}
+
+/// Runs `program mode <pidfile>` as the command member; the program writes its pid, its
+/// process group and the pid of a helper child there. Once the turn ended, both are gone.
+fn command_with_helper(program: &str, mode: &str, config: Config) -> (GroupEvent, SessionStatus) {
+    let pids = tempfile::NamedTempFile::new().unwrap();
+    let pidfile = pids.path().to_str().unwrap().to_owned();
+    let scene = Scene::new("command", &[program, mode, &pidfile], config);
+    let event = scene.turn("none");
+    let numbers: Vec<i32> = std::fs::read_to_string(pids.path())
+        .unwrap()
+        .split_whitespace()
+        .map(|n| n.parse().unwrap())
+        .collect();
+    assert_eq!(
+        numbers[0], numbers[1],
+        "the program leads its own process group"
+    );
+    assert_processes_gone(&[numbers[0], numbers[2]], numbers[1]);
+    (event, scene.status())
+}
+
 // ---- crash mid-stream ----
 
 #[test]
 fn a_crash_mid_stream_fails_only_that_member_and_kills_its_group() {
     let _serial = serial();
     for program in ["claude", "codex"] {
-        let scene = Scene::new(program, &[], Config::default());
-        let event = scene.turn("crash-helper");
+        let (event, status) = cli_with_helper(program, "crash-helper", Config::default());
         assert_failed(&event, ReplyErrorKind::Failed, "killed by signal 9");
         assert_eq!(event.text, "partial", "the partial text is kept");
-        assert_eq!(scene.status(), SessionStatus::Failed);
-        let (pid, pgid, helper) = scene.fake_pids(program);
-        assert_eq!(pid, pgid);
-        assert_processes_gone(&[pid, helper], pgid);
+        assert_eq!(status, SessionStatus::Failed);
     }
-
-    let pids = tempfile::NamedTempFile::new().unwrap();
-    let (faulty, pidfile) = (faulty(), pids.path().to_str().unwrap().to_owned());
-    let scene = Scene::new("command", &[&faulty, "crash", &pidfile], Config::default());
-    let event = scene.turn("none");
+    let (event, status) = command_with_helper(&faulty(), "crash", Config::default());
     assert_failed(&event, ReplyErrorKind::Failed, "killed");
     assert_eq!(event.text, "partial\n");
-    let numbers: Vec<i32> = std::fs::read_to_string(pids.path())
-        .unwrap()
-        .split_whitespace()
-        .map(|n| n.parse().unwrap())
-        .collect();
-    assert_processes_gone(&[numbers[0], numbers[2]], numbers[1]);
+    assert_eq!(status, SessionStatus::Failed);
 }
 
 // ---- hang past the silence timeout ----
@@ -268,26 +286,15 @@ fn a_hang_past_the_silence_timeout_fails_only_that_member() {
         ..Config::default()
     };
     for program in ["claude", "codex"] {
-        let scene = Scene::new(program, &[], config());
-        let event = scene.turn("hang");
+        let (event, status) = cli_with_helper(program, "hang", config());
         assert_failed(&event, ReplyErrorKind::TimedOut, "no output for 800 ms");
         assert_eq!(event.text, "waiting");
-        let (pid, pgid, helper) = scene.fake_pids(program);
-        assert_processes_gone(&[pid, helper], pgid);
+        assert_eq!(status, SessionStatus::Failed);
     }
-
-    let pids = tempfile::NamedTempFile::new().unwrap();
-    let (paint, pidfile) = (paint(), pids.path().to_str().unwrap().to_owned());
-    let scene = Scene::new("command", &[&paint, "hang", &pidfile], config());
-    let event = scene.turn("none");
+    let (event, status) = command_with_helper(&paint(), "hang", config());
     assert_failed(&event, ReplyErrorKind::TimedOut, "no output for 800 ms");
     assert_eq!(event.text, "waiting\n");
-    let numbers: Vec<i32> = std::fs::read_to_string(pids.path())
-        .unwrap()
-        .split_whitespace()
-        .map(|n| n.parse().unwrap())
-        .collect();
-    assert_processes_gone(&[numbers[0], numbers[2]], numbers[1]);
+    assert_eq!(status, SessionStatus::Failed);
 }
 
 // ---- spawn failures ----
