@@ -1,7 +1,7 @@
 //! The one place values become bytes. Every stored value is one format-version byte followed by
 //! its bincode (serde) encoding, so a later release can read old values or refuse clearly.
 
-use serde::{de::DeserializeOwned, Serialize};
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
@@ -21,10 +21,10 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-fn decode_limited<T: DeserializeOwned, const LIMIT: usize>(
-    body: &[u8],
+fn decode_limited<'de, T: Deserialize<'de>, const LIMIT: usize>(
+    body: &'de [u8],
 ) -> std::result::Result<(T, usize), bincode::error::DecodeError> {
-    bincode::serde::decode_from_slice(body, config().with_limit::<LIMIT>())
+    bincode::serde::borrow_decode_from_slice(body, config().with_limit::<LIMIT>())
 }
 
 /// Decodes with a limit on what the decoder may claim: 16 times the smallest power of 16 from
@@ -33,8 +33,8 @@ fn decode_limited<T: DeserializeOwned, const LIMIT: usize>(
 /// most 16 times its length and never hits the limit; a corrupt length prefix does, before it
 /// allocates. Without the limit, a few corrupt bytes claiming a 4 GiB string made the decoder
 /// allocate 4 GiB (found by fuzzing).
-fn decode_body<T: DeserializeOwned>(
-    body: &[u8],
+fn decode_body<'de, T: Deserialize<'de>>(
+    body: &'de [u8],
 ) -> std::result::Result<(T, usize), bincode::error::DecodeError> {
     match body.len() {
         n if n <= 1 << 10 => decode_limited::<T, { 16 << 10 }>(body),
@@ -46,8 +46,9 @@ fn decode_body<T: DeserializeOwned>(
     }
 }
 
-/// Decodes a value written by [`encode`]; refuses unknown versions and trailing bytes.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+/// Decodes a value written by [`encode`]; refuses unknown versions and trailing bytes. A type
+/// with borrowed fields (`&'de str`) reads them straight from `bytes`, without a copy.
+pub fn decode<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T> {
     match bytes.split_first() {
         Some((&FORMAT_VERSION, body)) => {
             let (value, used) =

@@ -194,7 +194,7 @@ impl Reader {
             .range((group, first)..=(group, u64::MAX))?
             .take(limit)
         {
-            let event: GroupEvent = codec::decode(entry?.1.value())?;
+            let event = decode_event(entry?.1.value())?;
             out.push(complete_event(&chunks, group, event)?);
         }
         Ok(out)

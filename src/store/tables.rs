@@ -25,7 +25,7 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 use super::codec;
 use crate::error::Result;
-use crate::model::GroupEvent;
+use crate::model::{EventKind, GroupEvent, ReplyError, SystemNotice};
 
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub const FAMILIARS: TableDefinition<&str, &[u8]> = TableDefinition::new("familiars");
@@ -100,6 +100,47 @@ where
     }
 }
 
+/// A stored `GroupEvent` as read from its page: the same fields in the same order, strings
+/// borrowed from the value, so decoding an event copies each string once instead of going
+/// through bincode's zero-filled buffers (most of the cost of reading a timeline back).
+#[derive(Deserialize)]
+struct StoredEvent<'a> {
+    group_id: &'a str,
+    seq: u64,
+    rev: u64,
+    kind: EventKind,
+    #[serde(borrow)]
+    familiar_id: Option<&'a str>,
+    #[serde(borrow)]
+    author: Option<&'a str>,
+    #[serde(borrow)]
+    turn_id: Option<&'a str>,
+    text: &'a str,
+    streaming: bool,
+    error: Option<ReplyError>,
+    notice: Option<SystemNotice>,
+    timestamp: SystemTime,
+}
+
+/// Decodes an `events` value; the same result as `codec::decode::<GroupEvent>`, faster.
+pub fn decode_event(bytes: &[u8]) -> Result<GroupEvent> {
+    let stored: StoredEvent<'_> = codec::decode(bytes)?;
+    Ok(GroupEvent {
+        group_id: stored.group_id.to_owned(),
+        seq: stored.seq,
+        rev: stored.rev,
+        kind: stored.kind,
+        familiar_id: stored.familiar_id.map(str::to_owned),
+        author: stored.author.map(str::to_owned),
+        turn_id: stored.turn_id.map(str::to_owned),
+        text: stored.text.to_owned(),
+        streaming: stored.streaming,
+        error: stored.error,
+        notice: stored.notice,
+        timestamp: stored.timestamp,
+    })
+}
+
 /// Fills a streaming reply's text (and its latest rev) from its chunks; O(text length).
 pub fn complete_event(
     chunks: &impl ReadableTable<(u128, u64, u64), &'static str>,
@@ -115,4 +156,56 @@ pub fn complete_event(
         }
     }
     Ok(event)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::model::ReplyErrorKind;
+
+    #[test]
+    fn decode_event_reads_what_codec_decode_reads() {
+        let plain = GroupEvent {
+            group_id: "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b".into(),
+            seq: 7,
+            rev: 300,
+            kind: EventKind::User,
+            familiar_id: None,
+            author: None,
+            turn_id: None,
+            text: "héllo, wörld".into(),
+            streaming: false,
+            error: None,
+            notice: None,
+            timestamp: SystemTime::UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789),
+        };
+        let full = GroupEvent {
+            kind: EventKind::Familiar,
+            familiar_id: Some("ada".into()),
+            author: Some("Sam".into()),
+            turn_id: Some("0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5c".into()),
+            text: String::new(),
+            streaming: true,
+            error: Some(ReplyError {
+                kind: ReplyErrorKind::Interrupted,
+                message: "stopped".into(),
+            }),
+            notice: Some(SystemNotice::Renamed {
+                from: "a".into(),
+                to: "b".into(),
+            }),
+            ..plain.clone()
+        };
+        for event in [plain, full] {
+            let bytes = codec::encode(&event).unwrap();
+            assert_eq!(decode_event(&bytes).unwrap(), event);
+            assert_eq!(codec::decode::<GroupEvent>(&bytes).unwrap(), event);
+            let mut trailing = bytes.clone();
+            trailing.push(0);
+            assert!(decode_event(&trailing).is_err());
+            assert!(decode_event(&bytes[..bytes.len() - 1]).is_err());
+        }
+    }
 }
