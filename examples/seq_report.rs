@@ -119,10 +119,12 @@ fn main() {
             let run = resync(&path, &group);
             assert_eq!(run.events, resync_events);
             eprintln!(
-                "  open {:.2} ms, read {} events in {:.3} s",
+                "  open {:.2} ms, read {} events in {:.3} s ({:.3} s of CPU: {:.0} events per CPU-second)",
                 run.open.as_secs_f64() * 1e3,
                 run.events,
-                run.read.as_secs_f64()
+                run.read.as_secs_f64(),
+                run.read_cpu.as_secs_f64(),
+                run.events as f64 / run.read_cpu.as_secs_f64()
             );
             open_ms.push(run.open.as_secs_f64() * 1e3);
             resync_eps.push(run.eps());

@@ -332,6 +332,8 @@ pub struct Resync {
     pub open: Duration,
     pub events: u64,
     pub read: Duration,
+    /// CPU time the reading thread spent, which other load on the machine does not inflate.
+    pub read_cpu: Duration,
 }
 
 impl Resync {
@@ -346,11 +348,30 @@ pub fn resync(path: &Path, group: &str) -> Resync {
     let start = Instant::now();
     let coven = Coven::open(path, Config::default()).expect("reopen the store");
     let open = start.elapsed();
-    let start = Instant::now();
+    let (start, cpu_start) = (Instant::now(), thread_cpu_time());
     let events = read_all(&coven, group);
-    let read = start.elapsed();
+    let (read, read_cpu) = (start.elapsed(), thread_cpu_time() - cpu_start);
     coven.close();
-    Resync { open, events, read }
+    Resync {
+        open,
+        events,
+        read,
+        read_cpu,
+    }
+}
+
+/// CPU time consumed by the calling thread so far.
+pub fn thread_cpu_time() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for the call to fill.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    if status != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
 }
 
 /// Reads a whole group in pages; returns the number of events.

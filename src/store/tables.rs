@@ -141,12 +141,13 @@ pub fn decode_event(bytes: &[u8]) -> Result<GroupEvent> {
     })
 }
 
-/// Fills a streaming reply's text (and its latest rev) from its chunks; O(text length).
+/// Fills a streaming reply's text (and its latest rev) from its chunks; O(text length). Any
+/// other event is left as it is.
 pub fn complete_event(
     chunks: &impl ReadableTable<(u128, u64, u64), &'static str>,
     group: u128,
-    mut event: GroupEvent,
-) -> Result<GroupEvent> {
+    event: &mut GroupEvent,
+) -> Result<()> {
     if event.streaming {
         let seq = event.seq;
         for entry in chunks.range((group, seq, 0)..=(group, seq, u64::MAX))? {
@@ -155,7 +156,7 @@ pub fn complete_event(
             event.rev = event.rev.max(key.value().2);
         }
     }
-    Ok(event)
+    Ok(())
 }
 
 #[cfg(test)]
