@@ -9,13 +9,21 @@ use crate::harness::jsonl::Protocol;
 use crate::harness::terminal::TerminalText;
 use crate::model::{Familiar, GroupConversation, GroupEvent, GroupUpdate, Session};
 use crate::store::codec;
-use crate::store::tables::{Head, TurnRecord};
+use crate::store::tables::{self, Head, TurnRecord};
 
 pub use crate::harness::jsonl::LineEvent;
 
-/// The value types the store decodes, one per table that holds codec values.
-pub const VALUE_KINDS: [&str; 7] = [
-    "familiar", "group", "head", "event", "change", "session", "turn",
+/// The value types the store decodes, one per table that holds codec values, and last the
+/// events table's faster decoder (`tables::decode_event`), which must agree with `event`.
+pub const VALUE_KINDS: [&str; 8] = [
+    "familiar",
+    "group",
+    "head",
+    "event",
+    "change",
+    "session",
+    "turn",
+    "event (read path)",
 ];
 
 /// Decodes `bytes` as a stored value of `VALUE_KINDS[kind]` (taken modulo the number of kinds)
@@ -31,7 +39,8 @@ pub fn decode_value(kind: usize, bytes: &[u8]) -> Result<Vec<u8>> {
         3 => again::<GroupEvent>(bytes),
         4 => again::<GroupUpdate>(bytes),
         5 => again::<Session>(bytes),
-        _ => again::<TurnRecord>(bytes),
+        6 => again::<TurnRecord>(bytes),
+        _ => codec::encode(&tables::decode_event(bytes)?),
     }
 }
 
