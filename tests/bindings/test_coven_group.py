@@ -62,24 +62,21 @@ def finished_replies(changes):
     return [c.update.event for c in changes if c.update.is_reply_finished()]
 
 
+def paged(fetch, position):
+    """Everything `fetch(after)` pages out, following `position` of each page's last item."""
+    items, after = [], 0
+    while page := fetch(after):
+        items.extend(page)
+        after = position(page[-1])
+    return items
+
+
 def all_changes(coven, group_id):
-    changes, after = [], 0
-    while True:
-        page = coven.changes_since(group_id, after, 7)
-        if not page:
-            return changes
-        changes.extend(page)
-        after = page[-1].rev
+    return paged(lambda after: coven.changes_since(group_id, after, 7), lambda c: c.rev)
 
 
 def all_events(coven, group_id):
-    events, after = [], 0
-    while True:
-        page = coven.events_since(group_id, after, 3)
-        if not page:
-            return events
-        events.extend(page)
-        after = page[-1].seq
+    return paged(lambda after: coven.events_since(group_id, after, 3), lambda e: e.seq)
 
 
 class StoreTestCase(unittest.TestCase):
