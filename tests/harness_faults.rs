@@ -165,25 +165,12 @@ fn summary(event: &GroupEvent) -> String {
 
 /// `(pid, state)` of every process whose parent is this process.
 fn children() -> Vec<(i32, String)> {
-    let me = std::process::id().to_string();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // After the command: state, ppid, ...
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.get(1) == Some(&me.as_str()) {
-            found.push((pid, fields[0].to_owned()));
-        }
-    }
-    found
+    let me = std::process::id() as i32;
+    processes()
+        .into_iter()
+        .filter(|p| p.ppid == me)
+        .map(|p| (p.pid, p.state))
+        .collect()
 }
 
 /// No child of this process is left, running or zombie: every run was reaped.

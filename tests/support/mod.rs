@@ -339,32 +339,42 @@ pub fn process_gone(pid: i32) -> bool {
         .unwrap_or(true)
 }
 
+/// One process as `/proc/<pid>/stat` describes it.
+pub struct ProcStat {
+    pub pid: i32,
+    pub state: String,
+    pub ppid: i32,
+    pub pgrp: i32,
+}
+
+/// Every process `/proc` lists now (processes that vanish mid-scan are skipped).
+pub fn processes() -> Vec<ProcStat> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let pid = entry.file_name().to_str()?.parse::<i32>().ok()?;
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+            // Fields after the command (which may hold spaces and parentheses): state, ppid, pgrp.
+            let (_, rest) = stat.rsplit_once(')')?;
+            let mut fields = rest.split_whitespace();
+            Some(ProcStat {
+                pid,
+                state: fields.next()?.to_owned(),
+                ppid: fields.next()?.parse().ok()?,
+                pgrp: fields.next()?.parse().ok()?,
+            })
+        })
+        .collect()
+}
+
 /// True once no live process is left in process group `pgid`.
 pub fn group_gone(pgid: i32) -> bool {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return process_gone(pgid);
-    };
-    for entry in entries.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Fields after the command: state, ppid, pgrp, ...
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.len() > 2 && fields[2] == pgid.to_string() && !matches!(fields[0], "Z" | "X") {
-            return false;
-        }
-    }
-    true
+    !processes()
+        .iter()
+        .any(|p| p.pgrp == pgid && !matches!(p.state.as_str(), "Z" | "X"))
 }
 
 /// Waits (bounded) until every given pid and the process group are gone. A killed process
