@@ -364,19 +364,8 @@ fn machine() -> String {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(0);
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_gib = meminfo
-        .lines()
-        .find_map(|line| line.strip_prefix("MemTotal:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .map(|kib| kib / 1024.0 / 1024.0)
-        .unwrap_or(f64::NAN);
+    let mem_gib =
+        proc_kib("/proc/meminfo", "MemTotal").map_or(f64::NAN, |kib| kib / 1024.0 / 1024.0);
     format!(
         "{cpu}, {cores} cores, {mem_gib:.0} GiB RAM, {}, {}",
         filesystem(),

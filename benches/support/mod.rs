@@ -522,19 +522,16 @@ pub fn fanout(dir: &Path, members: usize, deltas: usize) -> Fanout {
     }
 }
 
+/// A `Key:   123 kB` line of a /proc file (`status`, `meminfo`), in KiB.
+pub fn proc_kib(file: &str, key: &str) -> Option<f64> {
+    let text = std::fs::read_to_string(file).ok()?;
+    let rest = text
+        .lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix(':'))?;
+    rest.trim().trim_end_matches("kB").trim().parse().ok()
+}
+
 /// Peak resident set of this process so far (VmHWM), in MiB.
 pub fn peak_rss_mb() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|rest| {
-            rest.trim()
-                .trim_end_matches("kB")
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .map(|kib| kib / 1024.0)
-        .unwrap_or(f64::NAN)
+    proc_kib("/proc/self/status", "VmHWM").map_or(f64::NAN, |kib| kib / 1024.0)
 }
