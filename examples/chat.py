@@ -8,7 +8,9 @@ seq-numbered as it streams from a Python listener, then the canonical timeline i
 import datetime
 import os
 import queue
+import sys
 import tempfile
+import weakref
 
 import coven_group as cg
 
@@ -16,15 +18,33 @@ FAMILIARS = {"morgana": "Morgana", "merlin": "Merlin", "nimue": "Nimue"}
 PROMPTS = ["Who keeps the grail tonight?", "And who guards the gate?"]
 
 
-class Printer(cg.GroupListener):
+class Transcript:
+    """A view of one group: owns its subscription and receives the changes on the main thread.
+
+    The listener reaches the view through a weak reference. Were the view itself the listener,
+    it would hold its own subscription and the library would hold it: a cycle across the FFI that
+    keeps it receiving changes after everything else let it go.
+    """
+
+    def __init__(self, coven, group_id, after_rev):
+        self.changes = queue.Queue()
+        self.subscription = coven.subscribe(group_id, after_rev, Forwarder(self))
+
+    def close(self):
+        self.subscription.cancel()
+
+
+class Forwarder(cg.GroupListener):
     """Runs on the subscription's delivery thread; hands every change to the main thread."""
 
-    def __init__(self):
-        self.changes = queue.Queue()
+    def __init__(self, transcript):
+        self.transcript = weakref.ref(transcript)
 
     def on_updates(self, updates):
-        for change in updates:
-            self.changes.put(change)
+        transcript = self.transcript()
+        if transcript is not None:
+            for change in updates:
+                transcript.changes.put(change)
 
 
 def who(event):
@@ -64,18 +84,17 @@ def main():
         group = coven.create_group("Round table", list(FAMILIARS), None)
         print(f'group "{group.title}" ({group.id}) with scripted familiars, stored at {path}\n')
 
-        printer = Printer()
-        subscription = coven.subscribe(group.id, coven.get_group(group.id).rev, printer)
+        transcript = Transcript(coven, group.id, coven.get_group(group.id).rev)
         for prompt in PROMPTS:
             turn = coven.send(group.id, prompt, "Arthur")
             finished = 0
             while finished < len(FAMILIARS):
-                change = printer.changes.get(timeout=120)
+                change = transcript.changes.get(timeout=120)
                 print_live(change.update)
                 finished += change.update.is_reply_finished()
             coven.wait_turn(turn.turn_id, datetime.timedelta(seconds=10))
             print()
-        subscription.cancel()
+        transcript.close()
 
         snapshot = coven.get_group(group.id)
         print(f"canonical timeline (rev {snapshot.rev}):")
@@ -85,4 +104,9 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        # The library's threads end with the interpreter; what was committed stays committed.
+        print("\ninterrupted", file=sys.stderr)
+        sys.exit(130)

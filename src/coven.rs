@@ -16,7 +16,8 @@ use crate::adopt;
 use crate::error::{Error, Result};
 use crate::fanout::Fanout;
 use crate::guard;
-use crate::harness::{self, Harness};
+use crate::harness::{self, Harness, RegisteredHarness};
+use crate::host::{HostRef, Origin};
 use crate::hub::{GroupListener, Hub, Subscription};
 use crate::ids;
 use crate::model::{
@@ -40,7 +41,7 @@ pub struct Coven {
     writer: Mutex<Option<Writer>>,
     fanout: Fanout,
     /// Every harness by kind name: the built-ins, then whatever the host registers.
-    harnesses: RwLock<HashMap<String, Arc<dyn Harness>>>,
+    harnesses: RwLock<HashMap<String, RegisteredHarness>>,
     hub: Arc<Hub>,
     config: Config,
     recovery: Recovery,
@@ -82,7 +83,7 @@ impl Coven {
     fn start(db: Database, config: Config) -> Result<Self> {
         check_config(&config)?;
         let db = Arc::new(db);
-        let hub = Arc::new(Hub::default());
+        let hub = Arc::new(Hub::new(config.stop_grace()));
         let writer = Writer::start(db.clone(), config.durable, hub.clone())?;
         let sender = writer.sender();
         // Repair whatever a previous process left running before anything else is served.
@@ -93,6 +94,7 @@ impl Coven {
             sender.clone(),
             config.max_concurrent_runs,
             config.silence_timeout(),
+            config.stop_grace(),
         )?;
         Ok(Self {
             db: RwLock::new(Some(db)),
@@ -182,6 +184,65 @@ impl Coven {
     }
 }
 
+/// Callbacks implemented in Rust. The bindings' variants of these two (same names in Swift,
+/// Kotlin and Python) take callbacks whose runtime may end the thread that calls them.
+impl Coven {
+    /// Registers a harness under a kind name familiars can use. A panic in it fails only its
+    /// member's reply.
+    pub fn register_host_harness(&self, name: &str, harness: Arc<dyn Harness>) -> Result<()> {
+        self.register_harness(name, harness, Origin::Rust)
+    }
+
+    /// Delivers every change committed after `after_rev` to `listener`, exactly once and in rev
+    /// order: first the backlog from the store, then live, with no gap or duplicate at the
+    /// hand-off. Delivery runs on the subscription's own thread; `cancel()` or dropping the
+    /// returned handle stops it. Deleting the group ends it with a final `GroupDeleted`. A panic
+    /// in the listener is caught and delivery goes on with the next batch.
+    pub fn subscribe(
+        &self,
+        group_id: &str,
+        after_rev: u64,
+        listener: Arc<dyn GroupListener>,
+    ) -> Result<Arc<Subscription>> {
+        self.subscribe_listener(group_id, after_rev, listener, Origin::Rust)
+    }
+
+    fn register_harness(
+        &self,
+        name: &str,
+        harness: Arc<dyn Harness>,
+        origin: Origin,
+    ) -> Result<()> {
+        validate::familiar_id("name", name)?;
+        if BUILTIN_HARNESSES.contains(&name) {
+            return Err(Error::conflict(format!(
+                "{name:?} is a built-in harness kind and cannot be replaced"
+            )));
+        }
+        self.ensure_open()?;
+        self.harnesses
+            .write()
+            .insert(name.to_owned(), HostRef::new(harness, origin));
+        Ok(())
+    }
+
+    fn subscribe_listener(
+        &self,
+        group_id: &str,
+        after_rev: u64,
+        listener: Arc<dyn GroupListener>,
+        origin: Origin,
+    ) -> Result<Arc<Subscription>> {
+        let group = ids::parse("group_id", group_id)?;
+        if self.closed.load(Ordering::SeqCst) {
+            return Err(Error::Closed);
+        }
+        let db = self.db.read().clone().ok_or(Error::Closed)?;
+        Reader::new(&db)?.head_covering(group, after_rev)?;
+        self.hub.subscribe(db, group, after_rev, listener, origin)
+    }
+}
+
 /// The exported surface: every operation below is also what Swift, Kotlin and Python call.
 #[uniffi::export]
 impl Coven {
@@ -202,8 +263,13 @@ impl Coven {
         self.recovery.clone()
     }
 
-    /// Finishes every queued write, stops the library's threads and releases the file. Later
-    /// calls return `Closed`. Closing twice is harmless.
+    /// Cancels every turn, finishes every queued write, stops the library's threads and releases
+    /// the file. Later calls return `Closed`. Closing twice is harmless.
+    ///
+    /// It may be called from any thread, a listener or a harness included (it never waits for
+    /// the thread that calls it). A harness or listener that does not return once asked to stop
+    /// is waited for at most `Config::stop_grace_ms`, then left behind: its reply ends cancelled
+    /// with the text it had streamed, and its later output is dropped.
     pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         // Running turns end as cancelled and their outcomes commit before the writer stops.
@@ -451,38 +517,31 @@ impl Coven {
         self.fanout.cancel(group).map(ids::to_string)
     }
 
-    /// Registers a harness implemented by the host under a kind name familiars can use.
-    pub fn register_host_harness(&self, name: &str, harness: Arc<dyn Harness>) -> Result<()> {
-        validate::familiar_id("name", name)?;
-        if BUILTIN_HARNESSES.contains(&name) {
-            return Err(Error::conflict(format!(
-                "{name:?} is a built-in harness kind and cannot be replaced"
-            )));
-        }
-        self.ensure_open()?;
-        self.harnesses.write().insert(name.to_owned(), harness);
-        Ok(())
+    /// Registers a harness implemented by the host under a kind name familiars can use. It
+    /// runs on a thread of the library's that its runtime may end (Python does at interpreter
+    /// exit); the member's reply then fails, and the store stays consistent.
+    #[doc(hidden)]
+    #[uniffi::method(name = "register_host_harness")]
+    pub fn register_foreign_harness(&self, name: &str, harness: Arc<dyn Harness>) -> Result<()> {
+        self.register_harness(name, harness, Origin::Foreign)
     }
 
     // ---- subscriptions and pull clients ----
 
     /// Delivers every change committed after `after_rev` to `listener`, exactly once and in rev
     /// order: first the backlog from the store, then live, with no gap or duplicate at the
-    /// hand-off. Delivery runs on the subscription's own thread; `cancel()` or dropping the
-    /// returned handle stops it. Deleting the group ends it with a final `GroupDeleted`.
-    pub fn subscribe(
+    /// hand-off. Delivery runs on the subscription's own thread; `cancel()` or releasing the
+    /// returned handle stops it. Deleting the group ends it with a final `GroupDeleted`. The
+    /// listener's runtime may end the delivery thread (Python does at interpreter exit).
+    #[doc(hidden)]
+    #[uniffi::method(name = "subscribe")]
+    pub fn subscribe_foreign(
         &self,
         group_id: &str,
         after_rev: u64,
         listener: Arc<dyn GroupListener>,
     ) -> Result<Arc<Subscription>> {
-        let group = ids::parse("group_id", group_id)?;
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(Error::Closed);
-        }
-        let db = self.db.read().clone().ok_or(Error::Closed)?;
-        Reader::new(&db)?.head_covering(group, after_rev)?;
-        self.hub.subscribe(db, group, after_rev, listener)
+        self.subscribe_listener(group_id, after_rev, listener, Origin::Foreign)
     }
 
     /// Long-poll: the changes after `after_rev` (up to `limit`) as soon as there are any, or an
@@ -545,7 +604,7 @@ fn check_config(config: &Config) -> Result<()> {
     Ok(())
 }
 
-fn builtin_harnesses(config: &Config) -> HashMap<String, Arc<dyn Harness>> {
+fn builtin_harnesses(config: &Config) -> HashMap<String, RegisteredHarness> {
     let scripted = harness::scripted::Scripted {
         delay: Duration::from_millis(config.scripted_delay_ms),
     };
@@ -557,7 +616,7 @@ fn builtin_harnesses(config: &Config) -> HashMap<String, Arc<dyn Harness>> {
     ];
     builtins
         .into_iter()
-        .map(|(name, harness)| (name.to_owned(), harness))
+        .map(|(name, harness)| (name.to_owned(), HostRef::new(harness, Origin::Rust)))
         .collect()
 }
 

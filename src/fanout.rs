@@ -3,7 +3,6 @@
 //! panics), then commits how the reply ended. A member's failure ends only its own reply.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -14,14 +13,13 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
 use crate::guard;
-use crate::harness::{roster_prompt, Cancel, Harness, ReplySink, TurnRequest};
+use crate::harness::{roster_prompt, Cancel, RegisteredHarness, ReplySink, TurnRequest};
+use crate::host::{self, Unreturned};
 use crate::ids;
 use crate::model::{Familiar, GroupConversation, ReplyError, ReplyErrorKind};
 use crate::store::turns::{ReplyEnd, TurnStart};
 use crate::store::writer::{self, Command, ReplyKey};
 
-/// How long a cancelled or timed-out harness gets to return before its reply is closed anyway.
-const CANCEL_GRACE: Duration = Duration::from_secs(10);
 /// How many finished turn ids `wait_turn` still recognizes.
 const FINISHED_TURNS_KEPT: usize = 4096;
 /// Harness kinds that start processes and so need a checked working directory.
@@ -32,6 +30,9 @@ pub struct TurnControl {
     id: u128,
     group: u128,
     cancels: Vec<Arc<Cancel>>,
+    /// Each member's job until a worker (or a cancel) takes it: a cancel finishes the jobs no
+    /// worker has started, without starting their harnesses.
+    jobs: Mutex<Vec<Arc<JobSlot>>>,
     remaining: AtomicUsize,
     /// Why a member's outcome could not be committed (the store refused the write, or was
     /// closed): the turn ends, but `wait` must not acknowledge it as saved.
@@ -41,9 +42,17 @@ pub struct TurnControl {
 }
 
 impl TurnControl {
-    fn cancel(&self) {
+    /// Stops every run of the turn. Members still queued end here, as cancelled, on the calling
+    /// thread; running ones end on their workers.
+    fn cancel(&self, shared: &Shared) {
         for cancel in &self.cancels {
             cancel.cancel();
+        }
+        let queued: Vec<Arc<JobSlot>> = self.jobs.lock().clone();
+        for slot in queued {
+            if let Some(job) = slot.take() {
+                run_member(shared, job);
+            }
         }
     }
 
@@ -68,19 +77,32 @@ struct Registry {
     finished: HashSet<u128>,
     /// The finished turns (a subset of `finished`) whose outcome was not entirely committed.
     unsaved: HashMap<u128, Error>,
+    /// The store is closing: a turn registered from now on is cancelled at once.
+    closing: bool,
 }
 
 struct Shared {
     writer: Sender<Command>,
     registry: Mutex<Registry>,
     silence_timeout: Duration,
+    stop_grace: Duration,
+}
+
+/// A member's job, taken exactly once: by the worker that runs it or by a cancel that ends it
+/// before it started.
+struct JobSlot(Mutex<Option<MemberJob>>);
+
+impl JobSlot {
+    fn take(&self) -> Option<MemberJob> {
+        self.0.lock().take()
+    }
 }
 
 struct MemberJob {
     key: ReplyKey,
     session: u128,
     /// The request, or why the member cannot run at all (reported on its event).
-    run: std::result::Result<(TurnRequest, Arc<dyn Harness>), String>,
+    run: std::result::Result<(TurnRequest, RegisteredHarness), String>,
     cancel: Arc<Cancel>,
     control: Arc<TurnControl>,
 }
@@ -88,18 +110,24 @@ struct MemberJob {
 /// The worker pool and the registry of running turns.
 pub struct Fanout {
     shared: Arc<Shared>,
-    jobs: Mutex<Option<Sender<MemberJob>>>,
+    jobs: Mutex<Option<Sender<Arc<JobSlot>>>>,
     workers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Fanout {
-    pub fn start(writer: Sender<Command>, workers: u32, silence_timeout: Duration) -> Result<Self> {
+    pub fn start(
+        writer: Sender<Command>,
+        workers: u32,
+        silence_timeout: Duration,
+        stop_grace: Duration,
+    ) -> Result<Self> {
         let shared = Arc::new(Shared {
             writer,
             registry: Mutex::new(Registry::default()),
             silence_timeout,
+            stop_grace,
         });
-        let (jobs, queue) = crossbeam_channel::unbounded::<MemberJob>();
+        let (jobs, queue) = crossbeam_channel::unbounded::<Arc<JobSlot>>();
         let mut handles = Vec::with_capacity(workers as usize);
         for index in 0..workers {
             let shared = shared.clone();
@@ -123,7 +151,7 @@ impl Fanout {
         turn: u128,
         group: u128,
         start: TurnStart,
-        resolve: impl Fn(&Familiar) -> std::result::Result<Arc<dyn Harness>, String>,
+        resolve: impl Fn(&Familiar) -> std::result::Result<RegisteredHarness, String>,
     ) {
         let TurnStart {
             user_event,
@@ -135,18 +163,14 @@ impl Fanout {
             id: turn,
             group,
             cancels: cancels.clone(),
+            jobs: Mutex::new(Vec::with_capacity(members.len())),
             remaining: AtomicUsize::new(members.len()),
             unsaved: Mutex::new(None),
             done: Mutex::new(false),
             finished: Condvar::new(),
         });
-        {
-            let mut registry = self.shared.registry.lock();
-            registry.by_group.insert(group, control.clone());
-            registry.by_id.insert(turn, control.clone());
-        }
         let familiars: Vec<Familiar> = members.iter().map(|(f, _)| f.clone()).collect();
-        let jobs = self.jobs.lock().clone();
+        let mut slots = Vec::with_capacity(members.len());
         for ((familiar, session), cancel) in members.into_iter().zip(cancels) {
             let others: Vec<Familiar> = familiars
                 .iter()
@@ -173,7 +197,7 @@ impl Fanout {
                 };
                 Ok((request, harness))
             });
-            let job = MemberJob {
+            slots.push(Arc::new(JobSlot(Mutex::new(Some(MemberJob {
                 key: ReplyKey {
                     group,
                     turn,
@@ -183,28 +207,41 @@ impl Fanout {
                 run,
                 cancel,
                 control: control.clone(),
+            })))));
+        }
+        *control.jobs.lock() = slots.clone();
+        let closing = {
+            let mut registry = self.shared.registry.lock();
+            registry.by_group.insert(group, control.clone());
+            registry.by_id.insert(turn, control.clone());
+            registry.closing
+        };
+        // Closing: every member is finished as cancelled right here.
+        if closing {
+            control.cancel(&self.shared);
+            return;
+        }
+        let jobs = self.jobs.lock().clone();
+        for slot in slots {
+            let unsent = match &jobs {
+                Some(jobs) => jobs.send(slot).err().map(|unsent| unsent.0),
+                None => Some(slot),
             };
-            match &jobs {
-                Some(jobs) => {
-                    if let Err(unsent) = jobs.send(job) {
-                        run_member(&self.shared, unsent.0);
-                    }
-                }
-                // Closing: the member is finished as cancelled right here.
-                None => {
-                    job.cancel.cancel();
-                    run_member(&self.shared, job);
-                }
+            // The pool is gone (the store is closing): the member ends here, as cancelled.
+            if let Some(job) = unsent.and_then(|slot| slot.take()) {
+                job.cancel.cancel();
+                run_member(&self.shared, job);
             }
         }
     }
 
-    /// Cancels the group's running turn.
+    /// Cancels the group's running turn. Members whose runs have not started end as cancelled
+    /// before this returns; running ones are stopped and end on their workers.
     pub fn cancel(&self, group: u128) -> Result<u128> {
         let control = self.shared.registry.lock().by_group.get(&group).cloned();
         match control {
             Some(control) => {
-                control.cancel();
+                control.cancel(&self.shared);
                 Ok(control.id)
             }
             None => Err(Error::not_found(
@@ -230,18 +267,18 @@ impl Fanout {
         }
     }
 
-    /// Cancels every running turn, lets the workers commit how each reply ended, and joins them.
+    /// Cancels every turn, running, queued or registered while this runs, lets the workers
+    /// commit how each reply ended, and joins them. Each worker waits at most the stop grace for
+    /// its harness; a harness calling this from its own run is not waited for at all.
     pub fn shutdown(&self) {
-        let running: Vec<Arc<TurnControl>> = self
-            .shared
-            .registry
-            .lock()
-            .by_id
-            .values()
-            .cloned()
-            .collect();
+        host::release_current_run();
+        let running: Vec<Arc<TurnControl>> = {
+            let mut registry = self.shared.registry.lock();
+            registry.closing = true;
+            registry.by_id.values().cloned().collect()
+        };
         for control in running {
-            control.cancel();
+            control.cancel(&self.shared);
         }
         self.jobs.lock().take();
         for handle in self.workers.lock().drain(..) {
@@ -250,9 +287,12 @@ impl Fanout {
     }
 }
 
-fn work(shared: &Shared, queue: &Receiver<MemberJob>) {
-    for job in queue.iter() {
-        run_member(shared, job);
+fn work(shared: &Shared, queue: &Receiver<Arc<JobSlot>>) {
+    for slot in queue.iter() {
+        // Empty when a cancel already ended the member.
+        if let Some(job) = slot.take() {
+            run_member(shared, job);
+        }
     }
 }
 
@@ -318,13 +358,14 @@ fn finish_turn(shared: &Shared, control: &TurnControl) {
     control.finished.notify_all();
 }
 
-/// Runs the harness on its own thread and watches it: activity resets the silence timer; cancel
-/// or silence stops it. Returns the reply's error marker and the new resume token.
+/// Runs the harness on a host thread and watches it: activity resets the silence timer; a
+/// cancel, an oversized reply or silence stops it. Returns the reply's error marker and the new
+/// resume token.
 fn supervise(
     shared: &Shared,
     key: &ReplyKey,
     request: TurnRequest,
-    harness: Arc<dyn Harness>,
+    harness: RegisteredHarness,
     cancel: &Arc<Cancel>,
 ) -> (Option<ReplyError>, Option<String>) {
     let (activity_tx, activity_rx) = crossbeam_channel::bounded(1);
@@ -334,14 +375,20 @@ fn supervise(
         cancel.clone(),
         activity_tx,
     ));
-    let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+    // A disconnected channel: the harness's thread ended without returning (its host runtime
+    // ended it).
+    let (done_tx, done_rx) =
+        crossbeam_channel::bounded::<std::result::Result<Result<bool>, Unreturned>>(1);
+    // Fired when the harness itself is waiting for the store to close: waiting for it to
+    // return would wait for the close, which waits for this run.
+    let release = Arc::new(Cancel::new());
     let run_sink = sink.clone();
-    let started = std::thread::Builder::new()
-        .name("coven-run".into())
-        .spawn(move || {
-            let result = catch_unwind(AssertUnwindSafe(|| harness.run_turn(request, run_sink)));
-            let _ = done_tx.send(result);
-        });
+    let run_release = release.clone();
+    let started = host::spawn("coven-run", move || {
+        host::enter_run(run_release);
+        let returned = host::call(harness.origin, || harness.run_turn(request, run_sink));
+        let _ = done_tx.send(returned);
+    });
     if let Err(err) = started {
         sink.close();
         return (
@@ -353,20 +400,29 @@ fn supervise(
     }
 
     let mut timed_out = false;
+    let after_stop = || {
+        crossbeam_channel::select! {
+            recv(done_rx) -> result => result.ok(),
+            recv(release.receiver()) -> _ => None,
+            default(shared.stop_grace) => None,
+        }
+    };
     let returned = loop {
         crossbeam_channel::select! {
             recv(done_rx) -> result => break result.ok(),
             recv(activity_rx) -> _ => {}
-            recv(cancel.receiver()) -> _ => break done_rx.recv_timeout(CANCEL_GRACE).ok(),
+            recv(cancel.receiver()) -> _ => break after_stop(),
             default(shared.silence_timeout) => {
                 timed_out = true;
                 cancel.cancel();
-                break done_rx.recv_timeout(CANCEL_GRACE).ok();
+                break after_stop();
             }
         }
     };
     let outcome = sink.close();
-    let error = if timed_out {
+    let error = if outcome.overflowed {
+        outcome.failure.map(failed)
+    } else if timed_out {
         Some(ReplyError {
             kind: ReplyErrorKind::TimedOut,
             message: format!(
@@ -379,10 +435,19 @@ fn supervise(
     } else {
         match returned {
             None => Some(failed("the harness stopped without returning".to_owned())),
-            Some(Err(_)) => Some(failed("the harness panicked".to_owned())),
+            Some(Err(Unreturned::Panicked)) => Some(failed("the harness panicked".to_owned())),
+            Some(Err(Unreturned::HostExiting)) => Some(failed(
+                "the harness was not started: its host is shutting down".to_owned(),
+            )),
             Some(Ok(Err(Error::Harness { reason }))) => Some(failed(reason)),
             Some(Ok(Err(other))) => Some(failed(other.to_string())),
-            Some(Ok(Ok(()))) => outcome.failure.map(failed),
+            Some(Ok(Ok(false))) => Some(failed(outcome.failure.unwrap_or_else(|| {
+                "the harness did not complete its reply (it returned false, or its host runtime \
+                 ended the call with an exception the binding cannot report, such as \
+                 KeyboardInterrupt or SystemExit)"
+                    .to_owned()
+            }))),
+            Some(Ok(Ok(true))) => outcome.failure.map(failed),
         }
     };
     (error, outcome.resume_token)

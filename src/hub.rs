@@ -11,16 +11,15 @@
 //! store from the last rev it delivered, so a slow listener costs bounded memory and loses nothing.
 
 use std::collections::{HashMap, VecDeque};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 use redb::Database;
 
 use crate::error::{Error, Result};
+use crate::host::{self, HostRef, HostThread, Origin};
 use crate::ids;
 use crate::model::{GroupChange, GroupUpdate};
 use crate::store::Reader;
@@ -88,16 +87,27 @@ struct HubState {
 }
 
 /// Latest published rev per group, long-poll wake-ups, and the live subscriptions.
-#[derive(Default)]
 pub struct Hub {
     state: Mutex<HubState>,
     published: Condvar,
     next_id: AtomicU64,
-    /// Delivery threads still to be joined when the store closes.
-    threads: Mutex<HashMap<u64, JoinHandle<()>>>,
+    /// Delivery threads still running, waited for (at most `stop_grace`) when stopped.
+    threads: Mutex<HashMap<u64, HostThread>>,
+    /// How long stopping a subscription waits for a listener call in progress.
+    stop_grace: Duration,
 }
 
 impl Hub {
+    pub fn new(stop_grace: Duration) -> Self {
+        Self {
+            state: Mutex::default(),
+            published: Condvar::new(),
+            next_id: AtomicU64::new(0),
+            threads: Mutex::default(),
+            stop_grace,
+        }
+    }
+
     /// Called by the writer after each commit with that commit's changes in rev order.
     pub fn publish(&self, changes: Vec<GroupChange>) {
         let mut woken: Vec<Arc<Feed>> = Vec::new();
@@ -160,6 +170,7 @@ impl Hub {
         group: u128,
         after_rev: u64,
         listener: Arc<dyn GroupListener>,
+        origin: Origin,
     ) -> Result<Arc<Subscription>> {
         let group_id = ids::to_string(group);
         let feed = Arc::new(Feed {
@@ -183,11 +194,9 @@ impl Hub {
             group,
             delivered: after_rev,
             feed: feed.clone(),
-            listener,
+            listener: HostRef::new(listener, origin),
         };
-        let thread = std::thread::Builder::new()
-            .name("coven-subscription".into())
-            .spawn(move || delivery.run());
+        let thread = host::spawn("coven-subscription", move || delivery.run());
         let thread = match thread {
             Ok(thread) => thread,
             Err(err) => {
@@ -214,14 +223,15 @@ impl Hub {
         }
     }
 
-    /// Stops a subscription and waits for its thread, unless called from that very thread.
+    /// Stops a subscription and waits for its thread to end, unless called from that very
+    /// thread, and at most `stop_grace` when a listener call is in progress.
     fn stop(&self, feed: &Feed) {
         feed.cancel();
         self.remove(feed);
         let thread = self.threads.lock().remove(&feed.id);
         if let Some(thread) = thread {
-            if thread.thread().id() != std::thread::current().id() {
-                let _ = thread.join();
+            if !thread.is_current() {
+                thread.wait(self.stop_grace);
             }
         }
     }
@@ -237,10 +247,12 @@ impl Hub {
         for feed in &feeds {
             feed.cancel();
         }
-        let threads: Vec<JoinHandle<()>> = self.threads.lock().drain().map(|(_, t)| t).collect();
+        // One grace for all of them: listener calls in progress end in parallel.
+        let deadline = Instant::now() + self.stop_grace;
+        let threads: Vec<HostThread> = self.threads.lock().drain().map(|(_, t)| t).collect();
         for thread in threads {
-            if thread.thread().id() != std::thread::current().id() {
-                let _ = thread.join();
+            if !thread.is_current() {
+                thread.wait(deadline.saturating_duration_since(Instant::now()));
             }
         }
     }
@@ -255,8 +267,10 @@ pub struct Subscription {
 
 #[uniffi::export]
 impl Subscription {
-    /// Stops delivery. Returns once the delivery thread has ended (at once when called from the
-    /// listener itself). Cancelling twice is harmless.
+    /// Stops delivery: no listener call starts after this returns. Returns once the delivery
+    /// thread has ended, at once when called from the listener itself, and after at most
+    /// `Config::stop_grace_ms` when a listener call in progress does not return (the thread is
+    /// then left to end by itself). Cancelling twice is harmless.
     pub fn cancel(&self) {
         match self.hub.upgrade() {
             Some(hub) => hub.stop(&self.feed),
@@ -283,7 +297,7 @@ struct Delivery {
     group: u128,
     delivered: u64,
     feed: Arc<Feed>,
-    listener: Arc<dyn GroupListener>,
+    listener: HostRef<dyn GroupListener>,
 }
 
 enum Step {
@@ -339,9 +353,14 @@ impl Delivery {
             return false;
         }
         let last = changes.last().map(|c| c.rev).unwrap_or(self.delivered);
-        let listener = self.listener.clone();
-        // A panicking or raising listener does not end delivery: the next batch follows.
-        let _ = catch_unwind(AssertUnwindSafe(|| listener.on_updates(changes)));
+        let listener = &self.listener;
+        // A panicking or raising listener does not end delivery: the next batch follows. A host
+        // that is exiting ends it.
+        if let Err(host::Unreturned::HostExiting) =
+            host::call(listener.origin, || listener.on_updates(changes))
+        {
+            return false;
+        }
         self.delivered = last;
         !self.cancelled()
     }

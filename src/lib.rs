@@ -30,6 +30,7 @@ mod fanout;
 pub mod fuzzing;
 mod guard;
 mod harness;
+mod host;
 mod hub;
 mod ids;
 mod model;

@@ -254,6 +254,15 @@ pub struct Config {
     /// A member that produces no output for this long is stopped and marked timed out.
     #[uniffi(default = 300000)]
     pub silence_timeout_ms: u64,
+    /// How long the library waits for host or harness code to return after asking it to stop:
+    /// a harness after a cancel, a silence timeout or an oversized reply; a listener or a
+    /// harness while [`crate::Coven::close`] or [`crate::Subscription::cancel`] runs. Past it the
+    /// library goes on without that code (its reply ends with what it had streamed, and later
+    /// output is dropped), so a turn's lock, a cancel and a close are held at most this long by
+    /// code that ignores the stop. Process harnesses are killed at once and never wait for it.
+    /// Default 5000 ms; 0 does not wait at all.
+    #[uniffi(default = 5000)]
+    pub stop_grace_ms: u64,
     /// Delay between the words a `scripted` familiar streams.
     #[uniffi(default = 0)]
     pub scripted_delay_ms: u64,
@@ -268,6 +277,7 @@ impl Default for Config {
             durable: true,
             max_concurrent_runs: 8,
             silence_timeout_ms: 300_000,
+            stop_grace_ms: 5_000,
             scripted_delay_ms: 0,
             allowed_programs: Vec::new(),
         }
@@ -277,6 +287,10 @@ impl Default for Config {
 impl Config {
     pub(crate) fn silence_timeout(&self) -> Duration {
         Duration::from_millis(self.silence_timeout_ms)
+    }
+
+    pub(crate) fn stop_grace(&self) -> Duration {
+        Duration::from_millis(self.stop_grace_ms)
     }
 }
 

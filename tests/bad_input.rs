@@ -74,12 +74,12 @@ struct Waiting {
 }
 
 impl Harness for Waiting {
-    fn run_turn(&self, _request: TurnRequest, sink: Arc<ReplySink>) -> coven_group::Result<()> {
+    fn run_turn(&self, _request: TurnRequest, sink: Arc<ReplySink>) -> coven_group::Result<bool> {
         let _ = self.started.send(());
         while !sink.is_cancelled() {
             std::thread::sleep(Duration::from_millis(2));
         }
-        Ok(())
+        Ok(true)
     }
 }
 

@@ -115,8 +115,8 @@ struct Exported {
 }
 
 /// Every method of every `#[uniffi::export]` impl block and trait in `src/`, with its
-/// exported name (a constructor's `name = "..."` wins), so a new operation is checked without
-/// touching this test.
+/// exported name (a constructor's or method's `name = "..."` wins), so a new operation is
+/// checked without touching this test.
 fn exported_operations() -> BTreeSet<Exported> {
     let mut found = BTreeSet::new();
     for file in rust_sources(&crate_root().join("src")) {
@@ -144,6 +144,7 @@ fn exported_operations() -> BTreeSet<Exported> {
                 let trimmed = line.trim();
                 if let Some(name) = trimmed
                     .strip_prefix("#[uniffi::constructor(name = \"")
+                    .or_else(|| trimmed.strip_prefix("#[uniffi::method(name = \""))
                     .and_then(|rest| rest.split('"').next())
                 {
                     rename = Some(name.to_owned());

@@ -397,11 +397,11 @@ struct Streamer {
 }
 
 impl Harness for Streamer {
-    fn run_turn(&self, _request: TurnRequest, sink: Arc<ReplySink>) -> coven_group::Result<()> {
+    fn run_turn(&self, _request: TurnRequest, sink: Arc<ReplySink>) -> coven_group::Result<bool> {
         for _ in 0..self.deltas {
             sink.delta(format!("<{}>", self.epoch.elapsed().as_nanos()));
         }
-        Ok(())
+        Ok(true)
     }
 }
 

@@ -63,7 +63,9 @@ final class ChatThread: ObservableObject {
         return try ChatThread(coven: coven, groupId: group.id)
     }
 
-    // No deinit needed: when the thread goes away, its Subscription is released, which cancels it.
+    // No deinit needed: the listener holds this thread weakly (a strong reference would be a
+    // cycle through the library: listener → thread → subscription → listener), so when the
+    // thread goes away its Subscription is released, which cancels it.
 
     /// One prompt to every member. The call returns once the user's message has its seq; the
     /// replies arrive through the listener. Off the main actor: it waits for a durable commit.
@@ -154,14 +156,15 @@ private final class MainActorListener: GroupListener, @unchecked Sendable {
 /// A familiar whose replies come from the desktop daemon: register it once with
 /// `coven.registerHostHarness(name: "daemon", harness: DaemonHarness(base: url))` and give
 /// familiars `harness: "daemon"`. Workers call `runTurn` concurrently, one call per member, off
-/// the main thread; blocking here is expected. Throwing (or `sink.fail`) fails this member only.
+/// the main thread; blocking here is expected. Return `true` once the reply is whole; throwing
+/// (or `sink.fail`, or returning `false`) fails this member only.
 final class DaemonHarness: Harness, @unchecked Sendable {
     private let base: URL
     private let session = URLSession(configuration: .ephemeral)
 
     init(base: URL) { self.base = base }
 
-    func runTurn(request: TurnRequest, sink: ReplySink) throws {
+    func runTurn(request: TurnRequest, sink: ReplySink) throws -> Bool {
         var http = URLRequest(url: base.appendingPathComponent("sessions/\(request.sessionId)/turns"))
         http.httpMethod = "POST"
         http.setValue("application/json", forHTTPHeaderField: "Content-Type")
@@ -199,5 +202,6 @@ final class DaemonHarness: Harness, @unchecked Sendable {
         if let failure, !sink.isCancelled() {
             throw failure as? CovenError ?? CovenError.Harness(reason: "\(failure)")
         }
+        return true
     }
 }

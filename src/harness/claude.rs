@@ -14,8 +14,8 @@ use crate::error::Result;
 pub struct Claude;
 
 impl Harness for Claude {
-    fn run_turn(&self, request: TurnRequest, sink: Arc<ReplySink>) -> Result<()> {
-        jsonl::run(ClaudeLines::default(), request, sink)
+    fn run_turn(&self, request: TurnRequest, sink: Arc<ReplySink>) -> Result<bool> {
+        jsonl::run(ClaudeLines::default(), request, sink).map(|()| true)
     }
 }
 

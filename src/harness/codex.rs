@@ -14,8 +14,8 @@ use crate::error::Result;
 pub struct Codex;
 
 impl Harness for Codex {
-    fn run_turn(&self, request: TurnRequest, sink: Arc<ReplySink>) -> Result<()> {
-        jsonl::run(CodexLines::default(), request, sink)
+    fn run_turn(&self, request: TurnRequest, sink: Arc<ReplySink>) -> Result<bool> {
+        jsonl::run(CodexLines::default(), request, sink).map(|()| true)
     }
 }
 

@@ -21,6 +21,7 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 
 use crate::error::{Error, Result};
+use crate::host::HostRef;
 use crate::model::{Familiar, GroupConversation};
 use crate::store::writer::{Command, ReplyKey, ReplyOutput};
 
@@ -47,13 +48,20 @@ pub struct TurnRequest {
 }
 
 /// Produces one member's reply. Implementations must be thread-safe: workers call them
-/// concurrently for different members.
+/// concurrently for different members, each on a thread of its own.
 #[uniffi::export(with_foreign)]
 pub trait Harness: Send + Sync {
-    /// Streams the reply into `sink` and returns when it is complete. An `Err` (or a call to
-    /// [`ReplySink::fail`]) marks this member's reply as failed; the other members go on.
-    /// Long-running harnesses should stop early when [`ReplySink::is_cancelled`] turns true.
-    fn run_turn(&self, request: TurnRequest, sink: Arc<ReplySink>) -> Result<()>;
+    /// Streams the reply into `sink` and returns `Ok(true)` when it is complete. An `Err`, a
+    /// call to [`ReplySink::fail`], or `Ok(false)` marks this member's reply as failed (partial
+    /// text kept); the other members go on. `Ok(false)` is also what reaches the library when a
+    /// host runtime ends the call with an exception its binding cannot report (Python's
+    /// `KeyboardInterrupt`, `SystemExit`, `asyncio.CancelledError`), so such a reply fails too.
+    ///
+    /// Long-running harnesses should stop early when [`ReplySink::is_cancelled`] turns true (a
+    /// cancel, a silence timeout, a reply over [`MAX_REPLY_BYTES`], or the store closing): the
+    /// library waits `Config::stop_grace_ms` for the call to return, then ends the reply without
+    /// it, and drops whatever the harness streams after the stop.
+    fn run_turn(&self, request: TurnRequest, sink: Arc<ReplySink>) -> Result<bool>;
 }
 
 /// What the sink learned from the harness besides its text.
@@ -69,7 +77,9 @@ struct SinkState {
 }
 
 /// Where a harness sends its reply. Text goes to the writer as it arrives; the reply's seq is
-/// claimed by its first text.
+/// claimed by its first text. Once the run is stopped (cancelled, timed out, over
+/// [`MAX_REPLY_BYTES`]) or has ended, text is dropped: nothing is added to a reply after the stop
+/// was requested.
 #[derive(uniffi::Object)]
 pub struct ReplySink {
     key: ReplyKey,
@@ -82,31 +92,35 @@ pub struct ReplySink {
 
 #[uniffi::export]
 impl ReplySink {
-    /// Appends text to the reply. Ignored once the reply has finished or failed. Text past
-    /// [`MAX_REPLY_BYTES`] is dropped and fails the reply.
+    /// Appends text to the reply. Ignored once the reply has finished or failed, or its run was
+    /// stopped. Text past [`MAX_REPLY_BYTES`] is dropped, fails the reply and stops the run
+    /// ([`ReplySink::is_cancelled`] turns true).
     pub fn delta(&self, mut text: String) {
         if text.is_empty() {
             return;
         }
-        {
-            let mut state = self.state.lock();
-            if state.finished || state.failure.is_some() {
-                return;
-            }
-            let room = MAX_REPLY_BYTES - state.bytes;
-            if text.len() > room {
-                let mut cut = room;
-                while !text.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                text.truncate(cut);
-                state.overflowed = true;
-                state.failure = Some(format!(
-                    "the reply exceeded the limit of {MAX_REPLY_BYTES} bytes; it was cut there"
-                ));
-            }
-            state.bytes += text.len();
+        // Held until the text is queued for the writer: `close` takes this lock, so no text can
+        // reach the writer after the reply's end, which is queued after `close`.
+        let mut state = self.state.lock();
+        if state.finished || state.failure.is_some() || self.cancel.is_cancelled() {
+            return;
         }
+        let room = MAX_REPLY_BYTES - state.bytes;
+        if text.len() > room {
+            let mut cut = room;
+            while !text.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            text.truncate(cut);
+            state.overflowed = true;
+            state.failure = Some(format!(
+                "the reply exceeded the limit of {MAX_REPLY_BYTES} bytes; it was cut there"
+            ));
+            // Every harness kind learns it must stop: process harnesses are killed, host
+            // harnesses see `is_cancelled`, and the supervisor stops waiting for more.
+            self.cancel.cancel();
+        }
+        state.bytes += text.len();
         if text.is_empty() {
             return;
         }
@@ -116,6 +130,7 @@ impl ReplySink {
             key: self.key.clone(),
             text,
         }));
+        drop(state);
     }
 
     /// Records the harness's own conversation id so the next turn resumes it.
@@ -138,7 +153,8 @@ impl ReplySink {
         }
     }
 
-    /// True once the turn was cancelled or this member timed out: stop and return.
+    /// True once the run was stopped (the turn was cancelled, this member timed out, its reply
+    /// outgrew [`MAX_REPLY_BYTES`], or the store is closing): stop and return.
     pub fn is_cancelled(&self) -> bool {
         self.cancel.is_cancelled()
     }
@@ -153,7 +169,13 @@ impl ReplySink {
 pub(crate) struct SinkOutcome {
     pub resume_token: Option<String>,
     pub failure: Option<String>,
+    /// The reply outgrew [`MAX_REPLY_BYTES`]; `failure` says so.
+    pub overflowed: bool,
 }
+
+/// A harness as the store knows it, with where it comes from, which decides how its thread may
+/// end (see [`crate::host`]).
+pub(crate) type RegisteredHarness = HostRef<dyn Harness>;
 
 impl ReplySink {
     pub(crate) fn new(
@@ -184,6 +206,7 @@ impl ReplySink {
         SinkOutcome {
             resume_token: state.resume_token.take(),
             failure: state.failure.take(),
+            overflowed: state.overflowed,
         }
     }
 

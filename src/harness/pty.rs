@@ -20,7 +20,7 @@ pub const PROMPT_PLACEHOLDER: &str = "{prompt}";
 pub struct Pty;
 
 impl Harness for Pty {
-    fn run_turn(&self, request: TurnRequest, sink: Arc<ReplySink>) -> Result<()> {
+    fn run_turn(&self, request: TurnRequest, sink: Arc<ReplySink>) -> Result<bool> {
         let argv = &request.familiar.argv;
         let Some(program) = argv.first() else {
             return Err(harness_error("the command harness needs a program to run"));
@@ -40,8 +40,8 @@ impl Harness for Pty {
         })?;
         sink.delta(terminal.finish());
         match ending {
-            Ending::Cancelled => Ok(()),
-            Ending::Exited(exit) if exit.success => Ok(()),
+            Ending::Cancelled => Ok(true),
+            Ending::Exited(exit) if exit.success => Ok(true),
             Ending::Exited(exit) => Err(harness_error(format!("{program} {}", exit.description))),
         }
     }

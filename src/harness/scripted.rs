@@ -50,12 +50,12 @@ pub fn reply_words(request: &TurnRequest) -> Vec<String> {
 }
 
 impl Harness for Scripted {
-    fn run_turn(&self, request: TurnRequest, sink: Arc<ReplySink>) -> Result<()> {
+    fn run_turn(&self, request: TurnRequest, sink: Arc<ReplySink>) -> Result<bool> {
         let words = reply_words(&request);
         let last = words.len().saturating_sub(1);
         for (index, word) in words.into_iter().enumerate() {
             if sink.is_cancelled() {
-                return Ok(());
+                return Ok(true);
             }
             if index > 0 && !self.delay.is_zero() {
                 // Wakes at once on cancel instead of sleeping through it.
@@ -71,6 +71,6 @@ impl Harness for Scripted {
             };
             sink.delta(text);
         }
-        Ok(())
+        Ok(true)
     }
 }

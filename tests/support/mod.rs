@@ -183,8 +183,10 @@ pub enum Step {
     Token(String),
     /// `sink.fail(message)`.
     Fail(String),
-    /// Return `Ok(())`.
+    /// Return `Ok(true)`: the reply is complete.
     Return,
+    /// Return `Ok(false)`: the reply did not complete.
+    ReturnIncomplete,
     /// Return `Err(Error::Harness { reason })`.
     ReturnErr(String),
     /// Panic with the message.
@@ -241,7 +243,7 @@ impl Puppet {
 }
 
 impl Harness for Puppet {
-    fn run_turn(&self, request: TurnRequest, sink: Arc<ReplySink>) -> coven_group::Result<()> {
+    fn run_turn(&self, request: TurnRequest, sink: Arc<ReplySink>) -> coven_group::Result<bool> {
         let strings = self
             .strings
             .lock()
@@ -256,12 +258,12 @@ impl Harness for Puppet {
         let _ = strings.requests.send(request);
         loop {
             if sink.is_cancelled() {
-                return Ok(());
+                return Ok(true);
             }
             let step = match strings.steps.recv_timeout(Duration::from_millis(5)) {
                 Ok(step) => step,
                 Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+                Err(RecvTimeoutError::Disconnected) => return Ok(true),
             };
             let outcome = match step {
                 Step::Say(text) => {
@@ -276,7 +278,8 @@ impl Harness for Puppet {
                     sink.fail(message);
                     None
                 }
-                Step::Return => Some(Ok(())),
+                Step::Return => Some(Ok(true)),
+                Step::ReturnIncomplete => Some(Ok(false)),
                 Step::ReturnErr(reason) => Some(Err(Error::Harness { reason })),
                 Step::Panic(message) => {
                     let _ = strings.acks.send(());
