@@ -236,6 +236,7 @@ class PythonHarness(cg.Harness):
         for word in ("from", familiar, "about", request.user_text):
             sink.delta(word + " ")
         sink.set_resume_token(f"token-{familiar}")
+        return True
 
 
 class HostHarnesses(StoreTestCase):
@@ -289,6 +290,53 @@ class HostHarnesses(StoreTestCase):
         # The group is usable again at once.
         self.coven.append_user_message(group.id, "after the failure", None)
 
+    def test_an_exception_that_is_not_an_exception_fails_the_reply(self):
+        # BaseExceptions escape the generated code (it catches Exception only); the call then
+        # returns no result, which must fail the reply, never complete it.
+        import asyncio
+
+        raised = {
+            "interrupt": KeyboardInterrupt(),
+            "exit": SystemExit(3),
+            "cancel": asyncio.CancelledError(),
+        }
+        harness = PythonHarness(3, raise_for=raised)
+        self.coven.register_host_harness("python", harness)
+        group = self.group_of(*(hosted(name, name.title(), "python") for name in raised))
+
+        turn = self.coven.send(group.id, "go", None)
+        self.assertTrue(self.coven.wait_turn(turn.turn_id, WAIT))
+
+        replies = {e.familiar_id: e for e in self.coven.get_group(group.id).events[1:]}
+        for familiar_id in raised:
+            reply = replies[familiar_id]
+            self.assertEqual(reply.text, "partial ", familiar_id)
+            self.assertIsNotNone(reply.error, familiar_id)
+            self.assertEqual(reply.error.kind, cg.ReplyErrorKind.FAILED, familiar_id)
+            self.assertFalse(reply.streaming, familiar_id)
+        statuses = {s.familiar_id: s.status for s in self.coven.sessions_of(group.id)}
+        self.assertEqual(set(statuses.values()), {cg.SessionStatus.FAILED})
+
+    def test_a_base_exception_after_a_cancel_ends_the_reply_cancelled(self):
+        started = threading.Event()
+
+        class Interrupted(cg.Harness):
+            def run_turn(self, request, sink):
+                sink.delta("thinking")
+                started.set()
+                while not sink.is_cancelled():
+                    threading.Event().wait(0.01)
+                raise KeyboardInterrupt()
+
+        self.coven.register_host_harness("interrupted", Interrupted())
+        group = self.group_of(hosted("slow", "Slow", "interrupted"))
+        turn = self.coven.send(group.id, "take your time", None)
+        self.assertTrue(started.wait(DEADLINE))
+        self.coven.cancel_turn(group.id)
+        self.assertTrue(self.coven.wait_turn(turn.turn_id, WAIT))
+        reply = self.coven.get_group(group.id).events[1]
+        self.assertEqual((reply.text, reply.error.kind), ("thinking", cg.ReplyErrorKind.CANCELLED))
+
     def test_cancel_reaches_a_python_harness(self):
         started = threading.Event()
 
@@ -299,6 +347,7 @@ class HostHarnesses(StoreTestCase):
                 while not sink.is_cancelled():
                     sink.keep_alive()
                     threading.Event().wait(0.01)
+                return True
 
         self.coven.register_host_harness("patient", Patient())
         group = self.group_of(hosted("slow", "Slow", "patient"))
