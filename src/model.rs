@@ -303,6 +303,11 @@ pub struct Recovery {
     pub failed_sessions: u64,
     /// Turn locks released.
     pub released_turns: u64,
+    /// Processes of harness runs the previous host left running (it died before they ended)
+    /// that were killed: those of the same boot that carry their run's marker and are still in
+    /// its process group (Linux; 0 elsewhere).
+    #[uniffi(default = 0)]
+    pub stopped_processes: u64,
 }
 
 /// A started turn: its id and the user's persisted message.

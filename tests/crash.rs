@@ -9,8 +9,17 @@
 //!
 //! The kill moments come from a seeded PRNG; the seed is printed and `COVEN_GROUP_CRASH_SEED`
 //! replays it.
+//!
+//! A host killed while its agents run (`claude`, `codex` and a PTY program that ignore SIGHUP and
+//! keep a helper in their process group) leaves none of them running once the store is open
+//! again.
 
 mod common;
+#[path = "orphans/host.rs"]
+mod orphan_host;
+// The orphan host uses the process helpers, which bring their own copy of `common`.
+#[allow(clippy::duplicate_mod)]
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Write};
@@ -173,6 +182,45 @@ fn crash_child_workload() {
     for thread in threads {
         thread.join().expect("child thread");
     }
+}
+
+/// The host of `no_process_of_a_host_killed_mid_turn_survives_the_next_open`; a no-op in a
+/// normal run.
+#[test]
+fn crash_child_with_live_agents() {
+    orphan_host::host_main();
+}
+
+#[test]
+fn no_process_of_a_host_killed_mid_turn_survives_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let crashed = orphan_host::crash_host("crash_child_with_live_agents", dir.path());
+    let markers = crashed.markers();
+    // Whatever is left when the store opens again: the helpers at least, which get no death
+    // signal; the agents too unless theirs has already killed them.
+    let left = orphan_host::marked_processes(&markers);
+    let helpers_left = crashed
+        .helpers()
+        .iter()
+        .filter(|pid| left.contains(pid))
+        .count() as u64;
+
+    let coven = Coven::open(&crashed.store, Config::default()).expect("reopen after SIGKILL");
+    let recovery = coven.recovery();
+    assert_eq!(recovery.interrupted_replies, 3, "{recovery:?}");
+    assert!(
+        recovery.stopped_processes >= helpers_left
+            && recovery.stopped_processes <= left.len() as u64,
+        "{} processes were left ({helpers_left} of them helpers): {recovery:?}",
+        left.len()
+    );
+    let pids: Vec<i32> = crashed
+        .agents
+        .iter()
+        .flat_map(|agent| [agent.pid, agent.helper])
+        .collect();
+    orphan_host::assert_all_gone(&pids, &markers);
+    assert_clean_and_idle(&coven);
 }
 
 /// Kills the child if the parent panics before it does.

@@ -307,12 +307,11 @@ fn a_program_that_cannot_start_fails_only_that_member() {
             "not found",
             true,
         ),
-        // portable-pty's forked child cannot report a failed exec: it aborts, saying so on the
-        // terminal, and the run reports how it died.
+        // The failed exec is reported by the spawn itself, before any output.
         (
             broken.to_string_lossy().into_owned(),
-            "broken-interpreter was killed",
-            false,
+            "broken-interpreter: No such file or directory",
+            true,
         ),
         (
             not_executable.to_string_lossy().into_owned(),

@@ -146,6 +146,7 @@ fn a_turn_killed_mid_stream_is_recovered_at_open() {
         interrupted_replies: interrupted,
         failed_sessions,
         released_turns: released,
+        ..
     } = coven.recovery();
     assert_eq!(
         (interrupted, failed_sessions, released),

@@ -213,6 +213,15 @@ impl ReplySink {
     pub(crate) fn cancel_signal(&self) -> &Cancel {
         &self.cancel
     }
+
+    /// Records a started process run in the store and waits for the commit; see
+    /// [`crate::store::runs`].
+    pub(crate) fn record_process_group(
+        &self,
+        run: &process::ProcessRun,
+    ) -> Result<crate::store::runs::RecordedRun> {
+        crate::store::runs::record(&self.writer, run)
+    }
 }
 
 /// A turn's cancellation: a flag for polling harnesses and a channel that wakes blocking ones.

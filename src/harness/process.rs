@@ -1,6 +1,13 @@
 //! Running a harness process: argv only (never a shell), its own process group so cancel and
 //! timeout kill everything it started, output read on a helper thread, and the child always
 //! reaped. Shared by the PTY (`command`) and JSON-lines (`claude`, `codex`) harnesses.
+//!
+//! No harness process outlives its host for long. On Linux each one is started with a death
+//! signal ([`die_with_host`]), so it is killed when the host dies by any means. Its helpers do
+//! not get that signal, so every run's process group is also recorded in the store while the run
+//! lasts (with a marker in the environment of everything the run starts, [`RUN_MARKER_ENV`]),
+//! and the next open stops what is left of a run its host did not see end
+//! ([`stop_leftovers`]).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -12,6 +19,88 @@ use parking_lot::Mutex;
 
 use super::{harness_error, Cancel, ReplySink};
 use crate::error::Result;
+use crate::ids;
+
+/// Environment variable every harness process starts with: the id of its run, as a UUID. The
+/// processes it starts inherit it, which is how an open tells a process a previous host left
+/// behind from an unrelated one that has since been given the same pid or process group.
+pub const RUN_MARKER_ENV: &str = "COVEN_RUN";
+
+/// One run's process group, as recorded in the store while the run lasts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessRun {
+    /// The run's id, in every process of the run as [`RUN_MARKER_ENV`].
+    pub marker: u128,
+    /// The process group (the pid of the process the run started).
+    pub pgid: i32,
+    /// The kernel's boot id when the run started (empty where the system has none).
+    pub boot_id: String,
+}
+
+impl ProcessRun {
+    /// A fresh run id, before its process is started.
+    pub fn new_marker() -> u128 {
+        ids::new_id()
+    }
+
+    /// The run of `marker` whose process, the leader of group `pgid`, has just started.
+    pub fn started(marker: u128, pgid: i32) -> Self {
+        Self {
+            marker,
+            pgid,
+            boot_id: boot_id().to_owned(),
+        }
+    }
+}
+
+/// The value of [`RUN_MARKER_ENV`] for a run.
+pub fn marker_value(marker: u128) -> String {
+    ids::to_string(marker)
+}
+
+/// This boot's id (Linux: `/proc/sys/kernel/random/boot_id`), or "" where there is none.
+pub fn boot_id() -> &'static str {
+    static BOOT_ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BOOT_ID.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .map(|id| id.trim().to_owned())
+            .unwrap_or_default()
+    })
+}
+
+/// Makes the started child die (SIGKILL) when its host dies, SIGKILL and crashes included. Linux
+/// only (`PR_SET_PDEATHSIG`); elsewhere the recorded process group is all there is.
+///
+/// The death signal fires when the *thread* that forked the child exits, not only the process.
+/// Every harness process is started by its run's own thread (`coven-run`, which calls
+/// [`crate::harness::Harness::run_turn`]), and that thread returns only after
+/// [`Running::drive`] has reaped the child, so the signal cannot fire while the run is still
+/// supervised; it fires when the host dies. The spawning thread is also blocked in `spawn` until
+/// the child has called `exec`, so it cannot exit between the fork and the `prctl`.
+pub fn die_with_host(command: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        let host = std::process::id() as libc::pid_t;
+        // SAFETY: the closure runs in the forked child before exec and only makes
+        // async-signal-safe system calls; the error it returns allocates nothing.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The host may have died after the fork and before the prctl, when there was
+                // no death signal to send yet: the child has been reparented, and must not run.
+                if libc::getppid() != host {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = command;
+}
 
 /// Longest single output line a JSON-lines harness may print.
 pub const MAX_LINE_BYTES: usize = 8 * 1024 * 1024;
@@ -68,7 +157,7 @@ pub enum Ending {
 
 /// A started process: its group, its output, and a thread that reaps it.
 pub struct Running {
-    pgid: i32,
+    run: ProcessRun,
     output: Receiver<Vec<u8>>,
     exited: Receiver<ExitInfo>,
     stderr_tail: Arc<Mutex<Vec<u8>>>,
@@ -78,14 +167,14 @@ pub struct Running {
 
 impl Running {
     pub fn new(
-        pgid: i32,
+        run: ProcessRun,
         output: Receiver<Vec<u8>>,
         exited: Receiver<ExitInfo>,
         stderr_tail: Arc<Mutex<Vec<u8>>>,
         keep_alive: Option<Box<dyn Send>>,
     ) -> Self {
         Self {
-            pgid,
+            run,
             output,
             exited,
             stderr_tail,
@@ -98,7 +187,7 @@ impl Running {
         // SAFETY: killpg takes plain integers and has no memory effects; a group that is already
         // gone yields ESRCH, which is fine.
         unsafe {
-            libc::killpg(self.pgid, libc::SIGKILL);
+            libc::killpg(self.run.pgid, libc::SIGKILL);
         }
     }
 
@@ -117,7 +206,33 @@ impl Running {
     /// Hands each output chunk to `on_output` until the output ends and the child has exited.
     /// Cancel (or timeout) kills the group and reaps the child. An error from `on_output` (invalid
     /// output), or a reply that outgrew [`super::MAX_REPLY_BYTES`], does the same and is returned.
+    ///
+    /// The run's process group is recorded in the store (a durable write, waited for) before any
+    /// output is read, and the record is dropped once the group is killed and the child reaped.
+    /// A run that cannot be recorded is stopped at once and fails with the reason.
     pub fn drive(
+        &self,
+        cancel: &Cancel,
+        sink: &ReplySink,
+        on_output: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<Ending> {
+        let recorded = match sink.record_process_group(&self.run) {
+            Ok(recorded) => recorded,
+            Err(err) => {
+                self.stop(false);
+                return Err(harness_error(format!(
+                    "the run was stopped: its process group could not be recorded ({err})"
+                )));
+            }
+        };
+        let ending = self.supervise(cancel, sink, on_output);
+        // Every way out of `supervise` has killed the group and reaped the child. (A panic in
+        // `on_output` skips this: the record stays, and the next open stops what is left.)
+        recorded.release();
+        ending
+    }
+
+    fn supervise(
         &self,
         cancel: &Cancel,
         sink: &ReplySink,
@@ -161,7 +276,10 @@ impl Running {
         let exit = match exit {
             Some(exit) => exit,
             None => crossbeam_channel::select! {
-                recv(self.exited) -> status => status.map_err(|_| harness_error("lost track of the process"))?,
+                recv(self.exited) -> status => status.map_err(|_| {
+                    self.kill_group();
+                    harness_error("lost track of the process")
+                })?,
                 recv(cancel.receiver()) -> _ => {
                     self.stop(false);
                     return Ok(Ending::Cancelled);
@@ -183,7 +301,8 @@ impl Running {
     }
 }
 
-/// Spawns `argv` with piped stdio in its own process group; output arrives line by line.
+/// Spawns `argv` with piped stdio in its own process group; output arrives line by line. The
+/// process carries its run's marker and dies with its host ([`die_with_host`]).
 pub fn spawn_lines(
     program: &Path,
     args: &[String],
@@ -205,6 +324,9 @@ pub fn spawn_lines(
     if let Some(cwd) = cwd {
         command.current_dir(cwd);
     }
+    let marker = ProcessRun::new_marker();
+    command.env(RUN_MARKER_ENV, marker_value(marker));
+    die_with_host(&mut command);
     let mut child = command
         .spawn()
         .map_err(|err| harness_error(format!("cannot start {}: {err}", program.display())))?;
@@ -230,11 +352,17 @@ pub fn spawn_lines(
         or_abandon(pgid, program, reader)?;
     }
     let exited = or_abandon(pgid, program, reap(child))?;
-    Ok(Running::new(pgid, lines_rx, exited, stderr_tail, None))
+    Ok(Running::new(
+        ProcessRun::started(marker, pgid),
+        lines_rx,
+        exited,
+        stderr_tail,
+        None,
+    ))
 }
 
 /// Waits for the child on a helper thread, so no zombie outlives the run.
-fn reap(mut child: Child) -> std::io::Result<Receiver<ExitInfo>> {
+pub fn reap(mut child: Child) -> std::io::Result<Receiver<ExitInfo>> {
     let (tx, rx) = crossbeam_channel::bounded(1);
     spawn_helper("coven-reap", move || {
         let info = match child.wait() {
@@ -341,5 +469,159 @@ fn keep_tail(mut stderr: impl Read, tail: &Mutex<Vec<u8>>) {
                 }
             }
         }
+    }
+}
+
+/// Stops what is left of runs a previous host recorded and did not see end, and returns how many
+/// processes it killed. A process is killed only when it is alive, was started in the same boot,
+/// carries the run's marker in its environment and is still in the run's recorded process
+/// group, so a pid or process group the system has since given to an unrelated process is never
+/// signalled. Waits at most [`LEFTOVER_EXIT_WAIT`] for the killed processes to exit. Linux only
+/// (it reads `/proc`); elsewhere nothing is killed and 0 is returned.
+pub fn stop_leftovers(runs: &[ProcessRun]) -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        leftovers::stop(runs)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = runs;
+        0
+    }
+}
+
+/// Longest [`stop_leftovers`] waits for the processes it killed to exit.
+pub const LEFTOVER_EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+#[cfg(target_os = "linux")]
+mod leftovers {
+    use std::collections::HashMap;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::time::Instant;
+
+    use super::{boot_id, ProcessRun, LEFTOVER_EXIT_WAIT, RUN_MARKER_ENV};
+    use crate::ids;
+
+    pub fn stop(runs: &[ProcessRun]) -> u64 {
+        let boot = boot_id();
+        // Processes of another boot are gone; a boot id the system did not give is no evidence.
+        let wanted: HashMap<u128, i32> = runs
+            .iter()
+            .filter(|run| run.boot_id.is_empty() || boot.is_empty() || run.boot_id == boot)
+            .map(|run| (run.marker, run.pgid))
+            .collect();
+        if wanted.is_empty() {
+            return 0;
+        }
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return 0;
+        };
+        let me = std::process::id() as i32;
+        let mut killed: Vec<Option<OwnedFd>> = Vec::new();
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if pid == me {
+                continue;
+            }
+            let Some(marker) = run_marker(pid) else {
+                continue;
+            };
+            if let Some(&pgid) = wanted.get(&marker) {
+                if let Some(pinned) = kill_if_ours(pid, marker, pgid) {
+                    killed.push(pinned);
+                }
+            }
+        }
+        wait_for_exits(&killed);
+        killed.len() as u64
+    }
+
+    /// Kills `pid` when it is still the process that carries `marker` in group `pgid`. Returns
+    /// its pidfd (`None` on kernels without pidfds) when it was killed.
+    fn kill_if_ours(pid: i32, marker: u128, pgid: i32) -> Option<Option<OwnedFd>> {
+        // Pinned first, checked second: the checks then read the process the pidfd refers to,
+        // or (if that one exited and its pid was reused in between) another one, in which case
+        // the pidfd's process is dead and the signal goes nowhere.
+        let pinned = match pidfd_open(pid) {
+            Ok(fd) => Some(fd),
+            Err(err) if err.raw_os_error() == Some(libc::ESRCH) => return None,
+            // No pidfds here (before Linux 5.3): checked and killed by pid, which leaves the
+            // microseconds between the check and the kill for the pid to be reused.
+            Err(_) => None,
+        };
+        if run_marker(pid) != Some(marker) || process_group(pid) != Some(pgid) {
+            return None;
+        }
+        // SAFETY: plain system calls on integers; the pidfd is open for the call's duration.
+        let sent = match &pinned {
+            Some(fd) => unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd.as_raw_fd(),
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0,
+                ) == 0
+            },
+            None => unsafe { libc::kill(pid, libc::SIGKILL) == 0 },
+        };
+        sent.then_some(pinned)
+    }
+
+    /// Waits (bounded) until every pinned process has exited: a pidfd turns readable then.
+    fn wait_for_exits(killed: &[Option<OwnedFd>]) {
+        let deadline = Instant::now() + LEFTOVER_EXIT_WAIT;
+        for fd in killed.iter().flatten() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let mut poll = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            unsafe { libc::poll(&mut poll, 1, left.as_millis() as libc::c_int) };
+        }
+    }
+
+    fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
+        // SAFETY: plain system call; a non-negative result is a new descriptor this owns.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by the kernel and nothing else owns it.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    /// The run marker in the process's environment, if it has one (a zombie, a process of another
+    /// user or one that vanished has none that can be read).
+    fn run_marker(pid: i32) -> Option<u128> {
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+        let prefix = format!("{RUN_MARKER_ENV}=");
+        environ
+            .split(|byte| *byte == 0)
+            .find_map(|entry| entry.strip_prefix(prefix.as_bytes()))
+            .and_then(|value| std::str::from_utf8(value).ok())
+            .and_then(|value| ids::parse(RUN_MARKER_ENV, value).ok())
+    }
+
+    /// The process group of a live process (`None` for a zombie or a process that is gone).
+    fn process_group(pid: i32) -> Option<i32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // After the command (which may hold spaces and parentheses): state, ppid, pgrp.
+        let (_, rest) = stat.rsplit_once(')')?;
+        let mut fields = rest.split_whitespace();
+        let state = fields.next()?;
+        if matches!(state, "Z" | "X") {
+            return None;
+        }
+        fields.next()?;
+        fields.next()?.parse().ok()
     }
 }

@@ -2,14 +2,20 @@
 //! the terminal output with escape sequences removed. The prompt reaches the program as an
 //! argument wherever argv contains `{prompt}`, and always as the `COVEN_PROMPT` environment
 //! variable (with `COVEN_FAMILIAR`, `COVEN_GROUP` and `COVEN_SESSION`).
+//!
+//! The terminal is opened and the program started here rather than through portable-pty, whose
+//! spawn takes no pre-exec step of ours: the program needs the same death signal and run marker
+//! as the JSON-lines CLIs (see [`process`]), and its failed `exec` is then reported by the spawn.
 
+use std::fs::File;
 use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use portable_pty::{native_pty_system, CommandBuilder, PtySize};
-
-use super::process::{self, Ending, ExitInfo, Running};
+use super::process::{self, Ending, ProcessRun, Running};
 use super::terminal::TerminalText;
 use super::{harness_error, Harness, ReplySink, TurnRequest};
 use crate::error::Result;
@@ -47,21 +53,23 @@ impl Harness for Pty {
     }
 }
 
+/// Starts `program` in a new session whose controlling terminal is a fresh pseudo-terminal, with
+/// its run's marker, dying with its host ([`process::die_with_host`]). The session leader's pid
+/// is the run's process group.
 fn spawn_pty(
     program: &Path,
     args: &[String],
     cwd: Option<&Path>,
     request: &TurnRequest,
 ) -> Result<Running> {
-    let pty = native_pty_system()
-        .openpty(PtySize {
-            rows: 50,
-            cols: 200,
-            pixel_width: 0,
-            pixel_height: 0,
-        })
-        .map_err(|err| harness_error(format!("cannot open a pseudo-terminal: {err}")))?;
-    let mut command = CommandBuilder::new(program);
+    let (master, slave) =
+        open_pty().map_err(|err| harness_error(format!("cannot open a pseudo-terminal: {err}")))?;
+    let terminal_end = |fd: &OwnedFd| {
+        fd.try_clone()
+            .map(Stdio::from)
+            .map_err(|err| harness_error(format!("cannot open a pseudo-terminal: {err}")))
+    };
+    let mut command = Command::new(program);
     for arg in args {
         if arg == PROMPT_PLACEHOLDER {
             command.arg(&request.prompt);
@@ -69,28 +77,32 @@ fn spawn_pty(
             command.arg(arg);
         }
     }
-    command.env("COVEN_PROMPT", &request.prompt);
-    command.env("COVEN_FAMILIAR", &request.familiar.id);
-    command.env("COVEN_GROUP", &request.group_id);
-    command.env("COVEN_SESSION", &request.session_id);
-    command.env("TERM", "dumb");
+    command
+        .env("COVEN_PROMPT", &request.prompt)
+        .env("COVEN_FAMILIAR", &request.familiar.id)
+        .env("COVEN_GROUP", &request.group_id)
+        .env("COVEN_SESSION", &request.session_id)
+        .env("TERM", "dumb")
+        .stdin(terminal_end(&slave)?)
+        .stdout(terminal_end(&slave)?)
+        .stderr(Stdio::from(slave));
     if let Some(cwd) = cwd {
-        command.cwd(cwd);
+        command.current_dir(cwd);
     }
-    let mut child = pty
-        .slave
-        .spawn_command(command)
+    let marker = ProcessRun::new_marker();
+    command.env(process::RUN_MARKER_ENV, process::marker_value(marker));
+    become_terminal_session(&mut command);
+    process::die_with_host(&mut command);
+    let spawned = command.spawn();
+    // The command holds this process's copies of the terminal's slave end: once they are closed
+    // the child holds the only ones, so the master reads EOF (EIO) once the child's side is gone.
+    drop(command);
+    let child = spawned
         .map_err(|err| harness_error(format!("cannot start {}: {err}", program.display())))?;
-    // The child holds the only slave end now, so the master reads EOF (EIO) once it is gone.
-    drop(pty.slave);
-    let Some(pid) = child.process_id() else {
-        let _ = child.kill();
-        let _ = child.wait();
-        return Err(harness_error("the started program has no process id"));
-    };
-    // portable-pty starts the child in a new session, so its pid is its process group.
-    let pgid = pid as i32;
-    let mut reader = pty.master.try_clone_reader().map_err(|err| {
+    // The child called setsid, so its pid is its session and its process group.
+    let pgid = child.id() as i32;
+    let master = File::from(master);
+    let mut reader = master.try_clone().map_err(|err| {
         process::abandon(pgid);
         harness_error(format!("cannot read the pseudo-terminal: {err}"))
     })?;
@@ -110,33 +122,89 @@ fn spawn_pty(
         }
     });
     process::or_abandon(pgid, program, read_thread)?;
-    let (exit_tx, exit_rx) = crossbeam_channel::bounded(1);
-    let reap_thread = process::spawn_helper("coven-pty-reap", move || {
-        let info = match child.wait() {
-            Ok(status) if status.success() => ExitInfo {
-                success: true,
-                description: "exited with status 0".to_owned(),
-            },
-            Ok(status) => ExitInfo {
-                success: false,
-                description: match status.signal() {
-                    Some(signal) => format!("was killed by {signal}"),
-                    None => format!("exited with status {}", status.exit_code()),
-                },
-            },
-            Err(err) => ExitInfo {
-                success: false,
-                description: format!("could not be waited for: {err}"),
-            },
-        };
-        let _ = exit_tx.send(info);
-    });
-    process::or_abandon(pgid, program, reap_thread)?;
+    let exited = process::or_abandon(pgid, program, process::reap(child))?;
     Ok(Running::new(
-        pgid,
+        ProcessRun::started(marker, pgid),
         chunks_rx,
-        exit_rx,
+        exited,
         Default::default(),
-        Some(Box::new(pty.master)),
+        // Closing the master hangs the terminal up, so it stays open until the run ends.
+        Some(Box::new(master)),
     ))
+}
+
+/// A pseudo-terminal of 200 columns by 50 rows: (master, slave), both close-on-exec.
+fn open_pty() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut master: libc::c_int = -1;
+    let mut slave: libc::c_int = -1;
+    let mut size = libc::winsize {
+        ws_row: 50,
+        ws_col: 200,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: the out-pointers and the size outlive the call; a null name and termios are
+    // allowed.
+    let status = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            &raw mut size,
+        )
+    };
+    if status != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: openpty succeeded, so both are open descriptors that nothing else owns.
+    let (master, slave) = unsafe { (OwnedFd::from_raw_fd(master), OwnedFd::from_raw_fd(slave)) };
+    for fd in [&master, &slave] {
+        // SAFETY: fcntl on a descriptor this function owns.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, libc::FD_CLOEXEC) } == -1 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok((master, slave))
+}
+
+/// Makes the child a session leader with the terminal (its stdin) as controlling terminal, with
+/// the signal dispositions a terminal program expects, and keeps descriptors the host left
+/// inheritable out of it.
+fn become_terminal_session(command: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and makes only async-signal-safe
+    // system calls.
+    unsafe {
+        command.pre_exec(|| {
+            // Ignored signals stay ignored across exec; a terminal program starts with defaults.
+            for signal in [
+                libc::SIGCHLD,
+                libc::SIGHUP,
+                libc::SIGINT,
+                libc::SIGQUIT,
+                libc::SIGTERM,
+                libc::SIGALRM,
+            ] {
+                libc::signal(signal, libc::SIG_DFL);
+            }
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            #[allow(clippy::useless_conversion)]
+            if libc::ioctl(0, libc::TIOCSCTTY.into(), 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Descriptors the host left inheritable are not the program's: 3 and up close at
+            // exec (best effort, Linux 5.11 and later; marking them keeps the pipe through which
+            // the spawn learns of a failed exec working).
+            #[cfg(target_os = "linux")]
+            libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            Ok(())
+        });
+    }
 }

@@ -4,6 +4,7 @@
 pub mod check;
 pub mod codec;
 pub mod ops;
+pub mod runs;
 pub mod tables;
 pub mod turns;
 pub mod writer;

@@ -14,6 +14,7 @@
 //! | group_sessions | (group, session)         | ()                                           |
 //! | cursors        | (group, consumer)        | u64 rev                                      |
 //! | turns          | group                    | `TurnRecord` (the group's turn lock)         |
+//! | process_runs   | run marker               | (process group, boot id) of a live run       |
 //!
 //! A streaming reply keeps its text as chunks keyed by rev, so storing n bytes costs O(n) and
 //! finishing it writes the whole text once.
@@ -40,6 +41,8 @@ pub const GROUP_SESSIONS: TableDefinition<(u128, u128), ()> =
     TableDefinition::new("group_sessions");
 pub const CURSORS: TableDefinition<(u128, &str), u64> = TableDefinition::new("cursors");
 pub const TURNS: TableDefinition<u128, &[u8]> = TableDefinition::new("turns");
+/// Harness process runs in progress (see `runs`): plain redb values, nothing to decode.
+pub const PROCESS_RUNS: TableDefinition<u128, (i32, &str)> = TableDefinition::new("process_runs");
 
 /// Key in `meta` holding the schema version.
 pub const SCHEMA_KEY: &str = "schema_version";

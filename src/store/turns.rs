@@ -206,11 +206,14 @@ impl<'txn> Batch<'txn> {
         Ok(event)
     }
 
-    /// Repairs what a crash left running: replies still streaming become interrupted (text
-    /// kept), members that never answered get an interrupted marker, running sessions become
-    /// failed, and every turn lock is released.
+    /// Repairs what a crash left running: processes of unfinished harness runs are stopped,
+    /// replies still streaming become interrupted (text kept), members that never answered get
+    /// an interrupted marker, running sessions become failed, and every turn lock is released.
     pub fn recover(&mut self) -> Result<Recovery> {
-        let mut report = Recovery::default();
+        let mut report = Recovery {
+            stopped_processes: self.stop_recorded_runs()?,
+            ..Recovery::default()
+        };
         let mut turns = Vec::new();
         for entry in self.turns.iter()? {
             let (group, value) = entry?;
