@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
 use parking_lot::{Mutex, RwLock};
 use redb::Database;
 
@@ -24,7 +23,7 @@ use crate::model::{
     Recovery, Session, TurnHandle,
 };
 use crate::store::ops::{NewEvent, NewGroup};
-use crate::store::writer::{self, Batch, Command, Writer};
+use crate::store::writer::{Batch, Writer, WriterHandle};
 use crate::store::{self, Reader};
 use crate::validate;
 
@@ -36,8 +35,9 @@ pub const BUILTIN_HARNESSES: [&str; 4] = ["scripted", "command", "claude", "code
 pub struct Coven {
     /// `None` once closed, which also releases the file for another open.
     db: RwLock<Option<Arc<Database>>>,
-    sender: Sender<Command>,
-    writer: Mutex<Option<Writer>>,
+    writer: WriterHandle,
+    /// The writer thread, until closed.
+    writer_thread: Mutex<Option<Writer>>,
     fanout: Fanout,
     /// Every harness by kind name: the built-ins, then whatever the host registers.
     harnesses: RwLock<HashMap<String, Arc<dyn Harness>>>,
@@ -83,21 +83,19 @@ impl Coven {
         check_config(&config)?;
         let db = Arc::new(db);
         let hub = Arc::new(Hub::default());
-        let writer = Writer::start(db.clone(), config.durable, hub.clone())?;
-        let sender = writer.sender();
+        let writer_thread = Writer::start(db.clone(), config.durable, hub.clone())?;
+        let writer = writer_thread.handle();
         // Repair whatever a previous process left running before anything else is served.
-        let (command, answer) = writer::call(|batch| batch.recover());
-        sender.send(command).map_err(|_| Error::Closed)?;
-        let recovery = answer.recv().map_err(|_| Error::Closed)??;
+        let recovery = writer.call(|batch| batch.recover())?;
         let fanout = Fanout::start(
-            sender.clone(),
+            writer.clone(),
             config.max_concurrent_runs,
             config.silence_timeout(),
         )?;
         Ok(Self {
             db: RwLock::new(Some(db)),
-            sender,
-            writer: Mutex::new(Some(writer)),
+            writer,
+            writer_thread: Mutex::new(Some(writer_thread)),
             fanout,
             harnesses: RwLock::new(builtin_harnesses(&config)),
             hub,
@@ -126,9 +124,7 @@ impl Coven {
         if self.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
-        let (command, answer) = writer::call(op);
-        self.sender.send(command).map_err(|_| Error::Closed)?;
-        answer.recv().map_err(|_| Error::Closed)?
+        self.writer.call(op)
     }
 
     /// `Closed` once [`Coven::close`] ran, for calls that reach neither the store nor the
@@ -202,14 +198,16 @@ impl Coven {
         self.recovery.clone()
     }
 
-    /// Finishes every queued write, stops the library's threads and releases the file. Later
-    /// calls return `Closed`. Closing twice is harmless.
+    /// Finishes every queued write, stops the library's threads and releases the file. Calls
+    /// that race the close are answered `Closed` (or, if they were applied before it, with
+    /// their result), and none waits forever. Later calls return `Closed`. Closing twice is
+    /// harmless.
     pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         // Running turns end as cancelled and their outcomes commit before the writer stops.
         self.fanout.shutdown();
         self.hub.close();
-        if let Some(mut writer) = self.writer.lock().take() {
+        if let Some(mut writer) = self.writer_thread.lock().take() {
             writer.shutdown();
         }
         self.db.write().take();

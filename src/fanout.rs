@@ -18,7 +18,7 @@ use crate::harness::{roster_prompt, Cancel, Harness, ReplySink, TurnRequest};
 use crate::ids;
 use crate::model::{Familiar, GroupConversation, ReplyError, ReplyErrorKind};
 use crate::store::turns::{ReplyEnd, TurnStart};
-use crate::store::writer::{self, Command, ReplyKey};
+use crate::store::writer::{ReplyKey, WriterHandle};
 
 /// How long a cancelled or timed-out harness gets to return before its reply is closed anyway.
 const CANCEL_GRACE: Duration = Duration::from_secs(10);
@@ -71,7 +71,7 @@ struct Registry {
 }
 
 struct Shared {
-    writer: Sender<Command>,
+    writer: WriterHandle,
     registry: Mutex<Registry>,
     silence_timeout: Duration,
 }
@@ -93,7 +93,7 @@ pub struct Fanout {
 }
 
 impl Fanout {
-    pub fn start(writer: Sender<Command>, workers: u32, silence_timeout: Duration) -> Result<Self> {
+    pub fn start(writer: WriterHandle, workers: u32, silence_timeout: Duration) -> Result<Self> {
         let shared = Arc::new(Shared {
             writer,
             registry: Mutex::new(Registry::default()),
@@ -275,14 +275,13 @@ fn run_member(shared: &Shared, job: MemberJob) {
         error,
         resume_token,
     };
-    let (command, answer) = writer::call(move |batch| batch.finish_reply(key, end));
-    // If the store is closing, or refuses the write (a full disk), the reply stays open in the
-    // file and is recovered as interrupted at the next open; the turn must then not be
-    // acknowledged as saved.
-    let committed = match shared.writer.send(command) {
-        Ok(()) => answer.recv().unwrap_or(Err(Error::Closed)).map(|_| ()),
-        Err(_) => Err(Error::Closed),
-    };
+    // If the store is closing (`Closed`, also when the writer exits before this is applied), or
+    // refuses the write (a full disk), the reply stays open in the file and is recovered as
+    // interrupted at the next open; the turn must then not be acknowledged as saved.
+    let committed = shared
+        .writer
+        .call(move |batch| batch.finish_reply(key, end))
+        .map(|_| ());
     if let Err(err) = committed {
         control.unsaved.lock().get_or_insert(err);
     }
@@ -330,7 +329,7 @@ fn supervise(
     let (activity_tx, activity_rx) = crossbeam_channel::bounded(1);
     let sink = Arc::new(ReplySink::new(
         key.clone(),
-        shared.writer.clone(),
+        shared.writer.sender(),
         cancel.clone(),
         activity_tx,
     ));

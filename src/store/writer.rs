@@ -2,8 +2,12 @@
 //! them in one transaction, commits once (group commit), and only then answers each caller and
 //! hands the committed changes to the hub. seq and rev are assigned inside that transaction, so a
 //! crash before the commit leaves no trace and one after it leaves no hole.
+//!
+//! Callers reach the writer only through a [`WriterHandle`], which answers `Closed` once the
+//! writer thread has exited, so no call can wait on a writer that is gone.
 
 use std::collections::hash_map::{Entry, HashMap};
+use std::convert::Infallible;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -107,7 +111,7 @@ where
 }
 
 /// Wraps a closure as a queued operation and returns the receiver its result arrives on.
-pub fn call<T, F>(op: F) -> (Command, Receiver<Result<T>>)
+fn call<T, F>(op: F) -> (Command, Receiver<Result<T>>)
 where
     T: Send + 'static,
     F: FnOnce(&mut Batch<'_>) -> Result<T> + Send + 'static,
@@ -358,33 +362,85 @@ impl LiveReplies {
     }
 }
 
-/// Handle to the writer thread.
+/// The only way to reach the writer; cheap to clone. Every call is answered: with its outcome,
+/// or with `Closed` when the writer thread has exited (or exits while the call waits), whether
+/// the call was queued before, during or after the writer's shutdown.
+#[derive(Clone)]
+pub struct WriterHandle {
+    commands: Sender<Command>,
+    /// Never carries a message: it disconnects when the writer thread ends, however it ends,
+    /// which wakes every caller still waiting for an answer.
+    exited: Receiver<Infallible>,
+}
+
+impl WriterHandle {
+    /// Queues one operation and waits until its batch has committed (or failed). `Closed` when
+    /// the writer has exited or exits before answering; the wait lasts at most as long as the
+    /// batches queued ahead of the operation, since the writer runs no host code.
+    pub fn call<T, F>(&self, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Batch<'_>) -> Result<T> + Send + 'static,
+    {
+        let (command, answer) = call(op);
+        // The writer drops its receiver when it exits, so a send never waits on a queue that
+        // nobody drains.
+        self.commands.send(command).map_err(|_| Error::Closed)?;
+        crossbeam_channel::select! {
+            recv(answer) -> outcome => outcome.unwrap_or(Err(Error::Closed)),
+            // The writer answers before it exits, so an answer it gave is already there.
+            recv(self.exited) -> _ => answer.try_recv().unwrap_or(Err(Error::Closed)),
+        }
+    }
+
+    /// Queues text streamed into a live reply, without waiting for its commit. Dropped when the
+    /// writer has exited: the reply is then recovered as interrupted at the next open.
+    #[allow(dead_code)] // The path for `ReplySink`'s streamed text; it still sends `Command`s.
+    pub fn output(&self, key: ReplyKey, text: String) {
+        let _ = self
+            .commands
+            .send(Command::Output(ReplyOutput { key, text }));
+    }
+
+    /// The raw command queue, for senders that do not wait for an answer.
+    pub fn sender(&self) -> Sender<Command> {
+        self.commands.clone()
+    }
+}
+
+/// The writer thread.
 pub struct Writer {
-    sender: Sender<Command>,
+    handle: WriterHandle,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Writer {
     pub fn start(db: Arc<Database>, durable: bool, hub: Arc<Hub>) -> Result<Self> {
-        let (sender, receiver) = crossbeam_channel::bounded(QUEUE_CAPACITY);
+        let (commands, receiver) = crossbeam_channel::bounded(QUEUE_CAPACITY);
+        let (alive, exited) = crossbeam_channel::bounded::<Infallible>(0);
         let thread = std::thread::Builder::new()
             .name("coven-writer".into())
-            .spawn(move || run(&db, durable, &hub, &receiver))
+            .spawn(move || {
+                // Dropped when this thread ends, even by a panic: that is the exit signal.
+                let _alive = alive;
+                run(&db, durable, &hub, receiver);
+            })
             .map_err(|err| Error::storage(format!("cannot start the writer thread: {err}")))?;
         Ok(Self {
-            sender,
+            handle: WriterHandle { commands, exited },
             thread: Some(thread),
         })
     }
 
-    pub fn sender(&self) -> Sender<Command> {
-        self.sender.clone()
+    pub fn handle(&self) -> WriterHandle {
+        self.handle.clone()
     }
 
-    /// Lets the writer finish everything queued, then joins it.
+    /// Lets the writer finish everything queued before this call, then joins it. Whatever is
+    /// queued later is answered `Closed`.
     pub fn shutdown(&mut self) {
         if let Some(thread) = self.thread.take() {
-            let _ = self.sender.send(Command::Shutdown);
+            let _ = self.handle.commands.send(Command::Shutdown);
             let _ = thread.join();
         }
     }
@@ -396,7 +452,19 @@ impl Drop for Writer {
     }
 }
 
-fn run(db: &Database, durable: bool, hub: &Hub, receiver: &Receiver<Command>) {
+fn run(db: &Database, durable: bool, hub: &Hub, receiver: Receiver<Command>) {
+    serve(db, durable, hub, &receiver);
+    // Queued behind the shutdown: never applied. Their callers would be woken by the exit
+    // anyway; answering them here also frees what they hold.
+    for command in receiver.try_iter() {
+        if let Command::Write(op) = command {
+            op.reject(Error::Closed);
+        }
+    }
+    // Dropping the receiver makes every later send fail at once.
+}
+
+fn serve(db: &Database, durable: bool, hub: &Hub, receiver: &Receiver<Command>) {
     let mut queued: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
     let mut live = LiveReplies::default();
     loop {
@@ -507,4 +575,70 @@ fn begin(db: &Database, durable: bool) -> Result<WriteTransaction> {
     txn.set_durability(durability)
         .map_err(|err| Error::storage(format!("cannot set durability: {err}")))?;
     Ok(txn)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use redb::backends::InMemoryBackend;
+
+    use super::*;
+
+    /// Upper bound for anything a test waits on; reaching it is a failure.
+    const GUARD: Duration = Duration::from_secs(30);
+
+    fn start() -> Writer {
+        let db = Database::builder()
+            .create_with_backend(InMemoryBackend::new())
+            .unwrap();
+        Writer::start(Arc::new(db), true, Arc::new(Hub::default())).unwrap()
+    }
+
+    /// Waits (bounded) until `condition` holds.
+    fn wait_until(what: &str, condition: impl Fn() -> bool) {
+        let deadline = Instant::now() + GUARD;
+        while !condition() {
+            assert!(Instant::now() < deadline, "gave up waiting until {what}");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_call_queued_behind_shutdown_is_answered_closed_when_the_writer_exits() {
+        let mut writer = start();
+        let handle = writer.handle();
+        // An operation that holds the writer inside its batch until released.
+        let (entered, entered_rx) = crossbeam_channel::bounded(1);
+        let (release, release_rx) = crossbeam_channel::bounded::<()>(1);
+        let blocker = {
+            let handle = handle.clone();
+            std::thread::spawn(move || {
+                handle.call(move |_| {
+                    entered.send(()).unwrap();
+                    release_rx.recv_timeout(GUARD).unwrap();
+                    Ok(1)
+                })
+            })
+        };
+        entered_rx.recv_timeout(GUARD).unwrap();
+        // Shutdown is queued while the writer is busy; the next call lands behind it.
+        handle.commands.send(Command::Shutdown).unwrap();
+        let (answer, late) = crossbeam_channel::bounded(1);
+        let victim = {
+            let handle = handle.clone();
+            std::thread::spawn(move || answer.send(handle.call(|_| Ok(2))).unwrap())
+        };
+        wait_until("the late call is queued", || handle.commands.len() == 2);
+        release.send(()).unwrap();
+        assert_eq!(blocker.join().unwrap(), Ok(1));
+        let outcome = late
+            .recv_timeout(GUARD)
+            .expect("a call queued behind Shutdown was never answered");
+        assert_eq!(outcome, Err(Error::Closed));
+        victim.join().unwrap();
+        // And once the writer has gone, a call is refused at once.
+        writer.shutdown();
+        assert_eq!(handle.call(|_| Ok(3)), Err(Error::Closed));
+    }
 }
