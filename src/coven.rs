@@ -23,7 +23,7 @@ use crate::model::{
     Recovery, Session, TurnHandle,
 };
 use crate::store::ops::{NewEvent, NewGroup};
-use crate::store::writer::{Batch, Writer, WriterHandle};
+use crate::store::writer::{Batch, SyncPolicy, Writer, WriterHandle};
 use crate::store::{self, Reader};
 use crate::validate;
 
@@ -83,7 +83,12 @@ impl Coven {
         check_config(&config)?;
         let db = Arc::new(db);
         let hub = Arc::new(Hub::default());
-        let writer_thread = Writer::start(db.clone(), config.durable, hub.clone())?;
+        let policy = if config.durable {
+            SyncPolicy::EveryCommit
+        } else {
+            SyncPolicy::Within(config.checkpoint_interval())
+        };
+        let writer_thread = Writer::start(db.clone(), policy, hub.clone())?;
         let writer = writer_thread.handle();
         // Repair whatever a previous process left running before anything else is served.
         let recovery = writer.call(|batch| batch.recover())?;
@@ -201,7 +206,8 @@ impl Coven {
     /// Finishes every queued write, stops the library's threads and releases the file. Calls
     /// that race the close are answered `Closed` (or, if they were applied before it, with
     /// their result), and none waits forever. Later calls return `Closed`. Closing twice is
-    /// harmless.
+    /// harmless. A store opened with `durable: false` makes everything committed durable
+    /// before it returns.
     pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         // Running turns end as cancelled and their outcomes commit before the writer stops.
@@ -537,6 +543,12 @@ fn check_config(config: &Config) -> Result<()> {
     if config.silence_timeout_ms == 0 {
         return Err(Error::invalid(
             "config.silence_timeout_ms",
+            "must be at least 1",
+        ));
+    }
+    if config.checkpoint_interval_ms == 0 {
+        return Err(Error::invalid(
+            "config.checkpoint_interval_ms",
             "must be at least 1",
         ));
     }

@@ -1,11 +1,16 @@
-//! The store's lifecycle: calls racing `close()` are all answered and none blocks.
+//! The store's lifecycle: calls racing `close()` are all answered and none blocks; a store opened
+//! with `durable: false` loses at most its checkpoint interval to a SIGKILL.
 
 mod common;
 
 use std::collections::BTreeMap;
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use coven_group::{Config, Coven, Error, Familiar};
@@ -108,4 +113,230 @@ fn send_racing_close_of_a_busy_writer_always_returns() {
         reopened.close();
     }
     eprintln!("{ROUNDS} rounds: {outcomes:?}");
+}
+
+// ---- 6. durable: false loses a bounded window ----
+
+/// Set (to the store path) only in the child process.
+const STORE_ENV: &str = "COVEN_GROUP_LIFECYCLE_STORE";
+/// `quiet` (append, then stop writing) or `steady` (append until killed).
+const MODE_ENV: &str = "COVEN_GROUP_LIFECYCLE_MODE";
+const CHILD_TEST: &str = "non_durable_child_workload";
+const ACK: &str = "@@ack ";
+const WAITED: &str = "@@waited";
+/// The child's checkpoint interval.
+const INTERVAL: Duration = Duration::from_millis(200);
+/// What a commit, scheduling on a busy machine and reading the child's pipe may add to the
+/// interval: acknowledgements older than `INTERVAL + SLACK` at the kill must survive.
+const SLACK: Duration = Duration::from_millis(1000);
+const QUIET_APPENDS: usize = 300;
+
+fn ack(line: &str) {
+    let mut out = io::stdout().lock();
+    out.write_all(format!("{ACK}{line}\n").as_bytes())
+        .expect("stdout");
+    out.flush().expect("stdout");
+}
+
+/// The child's workload. A no-op unless the parent started this process with `STORE_ENV`.
+#[test]
+fn non_durable_child_workload() {
+    let Ok(path) = std::env::var(STORE_ENV) else {
+        return;
+    };
+    let mode = std::env::var(MODE_ENV).expect("mode");
+    let config = Config {
+        durable: false,
+        checkpoint_interval_ms: INTERVAL.as_millis() as u64,
+        ..Config::default()
+    };
+    let coven = Coven::open(&path, config).expect("child opens the store");
+    coven
+        .register_familiar(Familiar::new("ada", "Ada", "scripted"))
+        .expect("register");
+    let group = coven
+        .create_group(None, ids(&["ada"]), None)
+        .expect("create_group")
+        .id;
+    ack(&format!("group {group}"));
+    let deadline = Instant::now() + GUARD;
+    let mut m = 0;
+    while Instant::now() < deadline && (mode == "steady" || m < QUIET_APPENDS) {
+        let text = format!("m{m}");
+        let event = coven
+            .append_user_message(&group, text.clone(), None)
+            .expect("append");
+        ack(&format!("append {} {text}", event.seq));
+        m += 1;
+    }
+    // Quiet: the store is idle from here on. The guarantee is about time, so the child waits
+    // past the interval (with the slack) before it tells the parent to kill it.
+    thread::sleep(INTERVAL + SLACK);
+    println!("{WAITED}");
+    thread::sleep(GUARD);
+}
+
+/// Kills the child if the parent panics before it does.
+struct Reaper(Child);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// What the parent read from a child before killing it.
+struct Acked {
+    group: Option<String>,
+    /// (seq, text, when the parent read it).
+    appends: Vec<(u64, String, Instant)>,
+    group_at: Option<Instant>,
+    killed_at: Instant,
+}
+
+/// Runs the child in `mode` and SIGKILLs it once `kill_now` says so.
+fn run_child(path: &Path, mode: &str, kill_now: impl Fn(&Acked, bool) -> bool) -> Acked {
+    let child = Command::new(std::env::current_exe().expect("test binary"))
+        .args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
+        .env(STORE_ENV, path)
+        .env(MODE_ENV, mode)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn the child");
+    let mut child = Reaper(child);
+    let mut reader = BufReader::new(child.0.stdout.take().expect("child stdout"));
+    let mut acked = Acked {
+        group: None,
+        appends: Vec::new(),
+        group_at: None,
+        killed_at: Instant::now(),
+    };
+    let mut line = String::new();
+    let mut killed = false;
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).expect("read child stdout") == 0 {
+            break;
+        }
+        let now = Instant::now();
+        // Only complete lines count; libtest's own output may precede a marker on a line.
+        let Some(complete) = line.strip_suffix('\n') else {
+            continue;
+        };
+        let waited = complete.ends_with(WAITED);
+        if let Some((_, ack)) = complete.split_once(ACK) {
+            if let Some(group) = ack.strip_prefix("group ") {
+                acked.group = Some(group.to_owned());
+                acked.group_at = Some(now);
+            } else if let Some(append) = ack.strip_prefix("append ") {
+                let (seq, text) = append.split_once(' ').expect("append ack");
+                acked
+                    .appends
+                    .push((seq.parse().unwrap(), text.to_owned(), now));
+            }
+        }
+        if !killed && kill_now(&acked, waited) {
+            // SIGKILL: no destructor, no close, no checkpoint at exit.
+            child.0.kill().expect("kill the child");
+            acked.killed_at = Instant::now();
+            killed = true;
+        }
+    }
+    let status = child.0.wait().expect("wait for the child");
+    assert_eq!(
+        status.signal(),
+        Some(libc::SIGKILL),
+        "the {mode} child was not killed by SIGKILL ({status}) after {} appends",
+        acked.appends.len()
+    );
+    acked
+}
+
+/// Reopens the store and checks that every append acknowledged before `boundary` is there.
+fn assert_survived(path: &Path, acked: &Acked, boundary: Instant, context: &str) -> usize {
+    let coven = Coven::open(path, Config::default()).unwrap();
+    assert_clean_and_idle(&coven);
+    let group = acked
+        .group
+        .as_ref()
+        .expect("the child acknowledged its group");
+    let must_survive: Vec<_> = acked
+        .appends
+        .iter()
+        .filter(|(_, _, at)| *at <= boundary)
+        .collect();
+    if acked.group_at.is_some_and(|at| at <= boundary) {
+        let snapshot = coven.get_group(group).unwrap_or_else(|err| {
+            panic!("{context}: the group acknowledged before the boundary is lost: {err:?}")
+        });
+        assert!(
+            coven.get_familiar("ada").is_ok(),
+            "{context}: familiar lost"
+        );
+        assert_seq_contiguous(&snapshot.events);
+        for (seq, text, _) in &must_survive {
+            let event = snapshot.events.get(*seq as usize - 1).unwrap_or_else(|| {
+                panic!(
+                    "{context}: seq {seq} acknowledged before the boundary is lost ({} of {} \
+                     acknowledged appends survived)",
+                    snapshot.events.len(),
+                    acked.appends.len()
+                )
+            });
+            assert_eq!(&event.text, text, "{context}: seq {seq} changed");
+        }
+    }
+    coven.close();
+    must_survive.len()
+}
+
+#[test]
+fn a_non_durable_store_loses_at_most_its_checkpoint_interval_to_sigkill() {
+    // Quiet: appends, then the store idles past the interval; the kill loses nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("quiet.redb");
+    let quiet = run_child(&path, "quiet", |_, waited| waited);
+    assert_eq!(quiet.appends.len(), QUIET_APPENDS);
+    let survived = assert_survived(&path, &quiet, quiet.killed_at, "idle past the interval");
+    assert_eq!(survived, QUIET_APPENDS);
+
+    // Steady: appends never stop; what was acknowledged more than the interval (and the slack)
+    // before the kill survives, because a busy store makes a batch durable every interval.
+    let path = dir.path().join("steady.redb");
+    let steady = run_child(&path, "steady", |acked, _| {
+        acked
+            .group_at
+            .is_some_and(|at| at.elapsed() >= 3 * (INTERVAL + SLACK))
+    });
+    let boundary = steady.killed_at - (INTERVAL + SLACK);
+    let survived = assert_survived(&path, &steady, boundary, "killed mid-stream");
+    assert!(survived > 0, "no append was old enough to check");
+    eprintln!(
+        "steady: {} appends acknowledged, the {survived} acknowledged before the boundary all \
+         survived",
+        steady.appends.len()
+    );
+}
+
+#[test]
+fn a_zero_checkpoint_interval_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("refused.redb");
+    let config = Config {
+        durable: false,
+        checkpoint_interval_ms: 0,
+        ..Config::default()
+    };
+    expect_invalid(
+        Coven::open(&path, config.clone()).map(drop),
+        "config.checkpoint_interval_ms",
+    );
+    assert!(!path.exists(), "a refused open created the file");
+    expect_invalid(
+        Coven::open_in_memory(config).map(drop),
+        "config.checkpoint_interval_ms",
+    );
 }

@@ -11,9 +11,9 @@ use std::convert::Infallible;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use redb::{Database, Durability, Table, WriteTransaction};
 
 use super::codec;
@@ -408,6 +408,17 @@ impl WriterHandle {
     }
 }
 
+/// When the writer's commits reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// Every commit is durable before its callers are answered.
+    EveryCommit,
+    /// Callers are answered after a commit that is not yet durable. A durable commit follows
+    /// at most this long after the first such commit (an empty one when no write comes), and
+    /// one is made when the writer stops.
+    Within(Duration),
+}
+
 /// The writer thread.
 pub struct Writer {
     handle: WriterHandle,
@@ -415,7 +426,7 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(db: Arc<Database>, durable: bool, hub: Arc<Hub>) -> Result<Self> {
+    pub fn start(db: Arc<Database>, policy: SyncPolicy, hub: Arc<Hub>) -> Result<Self> {
         let (commands, receiver) = crossbeam_channel::bounded(QUEUE_CAPACITY);
         let (alive, exited) = crossbeam_channel::bounded::<Infallible>(0);
         let thread = std::thread::Builder::new()
@@ -423,7 +434,7 @@ impl Writer {
             .spawn(move || {
                 // Dropped when this thread ends, even by a panic: that is the exit signal.
                 let _alive = alive;
-                run(&db, durable, &hub, receiver);
+                run(&db, policy, &hub, receiver);
             })
             .map_err(|err| Error::storage(format!("cannot start the writer thread: {err}")))?;
         Ok(Self {
@@ -452,8 +463,8 @@ impl Drop for Writer {
     }
 }
 
-fn run(db: &Database, durable: bool, hub: &Hub, receiver: Receiver<Command>) {
-    serve(db, durable, hub, &receiver);
+fn run(db: &Database, policy: SyncPolicy, hub: &Hub, receiver: Receiver<Command>) {
+    serve(db, policy, hub, &receiver);
     // Queued behind the shutdown: never applied. Their callers would be woken by the exit
     // anyway; answering them here also frees what they hold.
     for command in receiver.try_iter() {
@@ -464,11 +475,73 @@ fn run(db: &Database, durable: bool, hub: &Hub, receiver: Receiver<Command>) {
     // Dropping the receiver makes every later send fail at once.
 }
 
-fn serve(db: &Database, durable: bool, hub: &Hub, receiver: &Receiver<Command>) {
+/// Commits the writer made that are not durable yet (only under [`SyncPolicy::Within`]).
+struct Unsynced {
+    every: Option<Duration>,
+    /// When the oldest of them was made.
+    since: Option<Instant>,
+}
+
+impl Unsynced {
+    fn new(policy: SyncPolicy) -> Self {
+        let every = match policy {
+            SyncPolicy::EveryCommit => None,
+            SyncPolicy::Within(every) => Some(every),
+        };
+        Self { every, since: None }
+    }
+
+    /// When the next durable commit is due; `None` while everything committed is durable.
+    fn deadline(&self) -> Option<Instant> {
+        self.since?.checked_add(self.every?)
+    }
+
+    /// Whether the next batch must commit durably.
+    fn due(&self, now: Instant) -> bool {
+        match self.every {
+            None => true,
+            Some(_) => self.deadline().is_some_and(|deadline| now >= deadline),
+        }
+    }
+
+    fn record(&mut self, commit: Commit, started: Instant) {
+        match commit {
+            Commit::Durable => self.since = None,
+            Commit::NotDurable => {
+                self.since.get_or_insert(started);
+            }
+            Commit::Nothing => {}
+        }
+    }
+
+    /// Makes every earlier commit durable with an empty durable commit. A failure is not retried
+    /// while the store is idle (an I/O error leaves redb refusing every write until reopened);
+    /// the next write starts the clock again.
+    fn checkpoint(&mut self, db: &Database) {
+        if self.since.take().is_some() {
+            let _ = begin(db, true).and_then(|txn| txn.commit().map_err(Error::from));
+        }
+    }
+}
+
+fn serve(db: &Database, policy: SyncPolicy, hub: &Hub, receiver: &Receiver<Command>) {
     let mut queued: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
     let mut live = LiveReplies::default();
+    let mut unsynced = Unsynced::new(policy);
     loop {
-        let Ok(first) = receiver.recv() else { return };
+        // Idle with nothing waiting to be made durable: sleep until a command comes.
+        let first = match unsynced.deadline() {
+            None => receiver.recv().ok(),
+            Some(deadline) => match receiver.recv_deadline(deadline) {
+                Ok(command) => Some(command),
+                Err(RecvTimeoutError::Timeout) => {
+                    unsynced.checkpoint(db);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => None,
+            },
+        };
+        let Some(first) = first else { break };
         let mut stop = false;
         let mut next = Some(first);
         while let Some(command) = next.take() {
@@ -485,12 +558,26 @@ fn serve(db: &Database, durable: bool, hub: &Hub, receiver: &Receiver<Command>) 
             }
         }
         if !queued.is_empty() {
-            commit_batch(db, durable, hub, &mut queued, &mut live);
+            let started = Instant::now();
+            let durable = unsynced.due(started);
+            let commit = commit_batch(db, durable, hub, &mut queued, &mut live);
+            unsynced.record(commit, started);
         }
         if stop {
-            return;
+            break;
         }
     }
+    unsynced.checkpoint(db);
+}
+
+/// What one batch left in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    /// Nothing: every operation was refused, or the batch failed.
+    Nothing,
+    Durable,
+    /// Committed, but only in memory until a later durable commit.
+    NotDurable,
 }
 
 fn reject_all(queued: &mut Vec<Queued>, err: &Error) {
@@ -507,10 +594,13 @@ fn commit_batch(
     hub: &Hub,
     queued: &mut Vec<Queued>,
     live: &mut LiveReplies,
-) {
+) -> Commit {
     let txn = match begin(db, durable) {
         Ok(txn) => txn,
-        Err(err) => return reject_all(queued, &err),
+        Err(err) => {
+            reject_all(queued, &err);
+            return Commit::Nothing;
+        }
     };
     let mut completions = Vec::with_capacity(queued.len());
     let (outcome, published) = match Batch::open(&txn) {
@@ -542,12 +632,22 @@ fn commit_batch(
             *live = std::mem::take(&mut batch.live);
             (outcome, std::mem::take(&mut batch.published))
         }
-        Err(err) => return reject_all(queued, &err),
+        Err(err) => {
+            reject_all(queued, &err);
+            return Commit::Nothing;
+        }
     };
+    let mut commit = Commit::Nothing;
     let committed = match outcome {
         // Only refusals: leave the file exactly as it was.
         Ok(false) => txn.abort().map_err(Error::from),
-        Ok(true) => txn.commit().map_err(Error::from),
+        Ok(true) => txn.commit().map_err(Error::from).inspect(|()| {
+            commit = if durable {
+                Commit::Durable
+            } else {
+                Commit::NotDurable
+            };
+        }),
         Err(err) => {
             let _ = txn.abort();
             Err(err)
@@ -563,6 +663,7 @@ fn commit_batch(
     if committed.is_ok() && !published.is_empty() {
         hub.publish(published);
     }
+    commit
 }
 
 fn begin(db: &Database, durable: bool) -> Result<WriteTransaction> {
@@ -579,20 +680,51 @@ fn begin(db: &Database, durable: bool) -> Result<WriteTransaction> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     use redb::backends::InMemoryBackend;
+    use redb::StorageBackend;
 
     use super::*;
 
     /// Upper bound for anything a test waits on; reaching it is a failure.
     const GUARD: Duration = Duration::from_secs(30);
 
-    fn start() -> Writer {
-        let db = Database::builder()
-            .create_with_backend(InMemoryBackend::new())
-            .unwrap();
-        Writer::start(Arc::new(db), true, Arc::new(Hub::default())).unwrap()
+    /// An in-memory backend that counts `sync_data` calls: one per durable commit.
+    #[derive(Debug)]
+    struct CountingBackend {
+        inner: InMemoryBackend,
+        syncs: Arc<AtomicU64>,
+    }
+
+    impl StorageBackend for CountingBackend {
+        fn len(&self) -> std::io::Result<u64> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.inner.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.syncs.fetch_add(1, Ordering::SeqCst);
+            self.inner.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.inner.write(offset, data)
+        }
+    }
+
+    fn start(policy: SyncPolicy) -> (Writer, Arc<AtomicU64>) {
+        let syncs = Arc::new(AtomicU64::new(0));
+        let backend = CountingBackend {
+            inner: InMemoryBackend::new(),
+            syncs: syncs.clone(),
+        };
+        let db = Database::builder().create_with_backend(backend).unwrap();
+        let writer = Writer::start(Arc::new(db), policy, Arc::new(Hub::default())).unwrap();
+        (writer, syncs)
     }
 
     /// Waits (bounded) until `condition` holds.
@@ -606,7 +738,7 @@ mod tests {
 
     #[test]
     fn a_call_queued_behind_shutdown_is_answered_closed_when_the_writer_exits() {
-        let mut writer = start();
+        let (mut writer, _) = start(SyncPolicy::EveryCommit);
         let handle = writer.handle();
         // An operation that holds the writer inside its batch until released.
         let (entered, entered_rx) = crossbeam_channel::bounded(1);
@@ -640,5 +772,43 @@ mod tests {
         // And once the writer has gone, a call is refused at once.
         writer.shutdown();
         assert_eq!(handle.call(|_| Ok(3)), Err(Error::Closed));
+    }
+
+    #[test]
+    fn a_non_durable_commit_is_made_durable_by_a_checkpoint_when_no_write_follows() {
+        let every = Duration::from_millis(20);
+        let (mut writer, syncs) = start(SyncPolicy::Within(every));
+        let handle = writer.handle();
+        let before = syncs.load(Ordering::SeqCst);
+        handle.call(|_| Ok(())).unwrap();
+        // The commit itself was not synced; the checkpoint that follows it is.
+        wait_until("the checkpoint is synced", || {
+            syncs.load(Ordering::SeqCst) > before
+        });
+        writer.shutdown();
+    }
+
+    #[test]
+    fn checkpoints_are_due_only_after_a_commit_that_is_not_durable() {
+        let every = Duration::from_millis(1000);
+        let mut unsynced = Unsynced::new(SyncPolicy::Within(every));
+        let start = Instant::now();
+        assert_eq!(unsynced.deadline(), None, "idle: no wake-up");
+        assert!(!unsynced.due(start));
+        unsynced.record(Commit::NotDurable, start);
+        unsynced.record(Commit::NotDurable, start + every / 2);
+        // The oldest commit not yet durable sets the deadline.
+        assert_eq!(unsynced.deadline(), Some(start + every));
+        assert!(!unsynced.due(start + every / 2));
+        assert!(unsynced.due(start + every));
+        unsynced.record(Commit::Durable, start + every);
+        assert_eq!(unsynced.deadline(), None, "a durable batch covers them");
+        unsynced.record(Commit::NotDurable, start + every);
+        unsynced.record(Commit::Nothing, start + 2 * every);
+        assert_eq!(unsynced.deadline(), Some(start + 2 * every));
+
+        let durable = Unsynced::new(SyncPolicy::EveryCommit);
+        assert!(durable.due(start), "every commit is durable");
+        assert_eq!(durable.deadline(), None);
     }
 }
