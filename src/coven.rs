@@ -24,7 +24,7 @@ use crate::model::{
 };
 use crate::store::ops::{NewEvent, NewGroup};
 use crate::store::writer::{Batch, SyncPolicy, Writer, WriterHandle};
-use crate::store::{self, Reader};
+use crate::store::{self, ReadGate, Reader};
 use crate::validate;
 
 /// Harness kinds built into the library.
@@ -33,8 +33,8 @@ pub const BUILTIN_HARNESSES: [&str; 4] = ["scripted", "command", "claude", "code
 /// An open store. `Send + Sync`: share it behind an `Arc` and call it from any thread.
 #[derive(uniffi::Object)]
 pub struct Coven {
-    /// `None` once closed, which also releases the file for another open.
-    db: RwLock<Option<Arc<Database>>>,
+    /// Every read goes through it; closing it releases the file for another open.
+    reads: Arc<ReadGate>,
     writer: WriterHandle,
     /// The writer thread, until closed.
     writer_thread: Mutex<Option<Writer>>,
@@ -90,6 +90,8 @@ impl Coven {
         };
         let writer_thread = Writer::start(db.clone(), policy, hub.clone())?;
         let writer = writer_thread.handle();
+        // The writer holds the other reference, and is joined before the gate closes.
+        let reads = ReadGate::new(db);
         // Repair whatever a previous process left running before anything else is served.
         let recovery = writer.call(|batch| batch.recover())?;
         let fanout = Fanout::start(
@@ -98,7 +100,7 @@ impl Coven {
             config.silence_timeout(),
         )?;
         Ok(Self {
-            db: RwLock::new(Some(db)),
+            reads,
             writer,
             writer_thread: Mutex::new(Some(writer_thread)),
             fanout,
@@ -115,9 +117,9 @@ impl Coven {
         &self.config
     }
 
+    /// A read transaction through the gate: `Closed` once [`Coven::close`] has reached it.
     pub(crate) fn reader(&self) -> Result<Reader> {
-        let db = self.db.read().clone().ok_or(Error::Closed)?;
-        Reader::new(&db)
+        self.reads.reader()
     }
 
     /// Queues one operation for the writer and waits until its batch has committed.
@@ -203,11 +205,12 @@ impl Coven {
         self.recovery.clone()
     }
 
-    /// Finishes every queued write, stops the library's threads and releases the file. Calls
-    /// that race the close are answered `Closed` (or, if they were applied before it, with
-    /// their result), and none waits forever. Later calls return `Closed`. Closing twice is
-    /// harmless. A store opened with `durable: false` makes everything committed durable
-    /// before it returns.
+    /// Finishes every queued write, stops the library's threads and releases the file: when it
+    /// returns, the same file can be opened again at once. Reads in flight finish first (they
+    /// run no host code, so that wait is bounded by the longest read); calls that race the
+    /// close are answered `Closed` (or, if they were applied before it, with their result), and
+    /// none waits forever. Later calls return `Closed`. Closing twice is harmless. A store
+    /// opened with `durable: false` makes everything committed durable before it returns.
     pub fn close(&self) {
         self.closed.store(true, Ordering::SeqCst);
         // Running turns end as cancelled and their outcomes commit before the writer stops.
@@ -216,7 +219,7 @@ impl Coven {
         if let Some(mut writer) = self.writer_thread.lock().take() {
             writer.shutdown();
         }
-        self.db.write().take();
+        self.reads.close();
     }
 
     // ---- familiars ----
@@ -484,9 +487,9 @@ impl Coven {
         if self.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
-        let db = self.db.read().clone().ok_or(Error::Closed)?;
-        Reader::new(&db)?.head_covering(group, after_rev)?;
-        self.hub.subscribe(db, group, after_rev, listener)
+        self.reader()?.head_covering(group, after_rev)?;
+        self.hub
+            .subscribe(self.reads.database()?, group, after_rev, listener)
     }
 
     /// Long-poll: the changes after `after_rev` (up to `limit`) as soon as there are any, or an

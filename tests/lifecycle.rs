@@ -1,5 +1,6 @@
-//! The store's lifecycle: calls racing `close()` are all answered and none blocks; a store opened
-//! with `durable: false` loses at most its checkpoint interval to a SIGKILL.
+//! The store's lifecycle: calls racing `close()` are all answered and none blocks; `close()`
+//! returns only once the file is free; a store opened with `durable: false` loses at most its
+//! checkpoint interval to a SIGKILL.
 
 mod common;
 
@@ -113,6 +114,80 @@ fn send_racing_close_of_a_busy_writer_always_returns() {
         reopened.close();
     }
     eprintln!("{ROUNDS} rounds: {outcomes:?}");
+}
+
+// ---- 3. close releases the file ----
+
+/// Readers hammer the store while it closes: each read answers its result or `Closed` (never a
+/// storage error about a closed database), and the file can be opened again the moment
+/// `close()` returns.
+#[test]
+fn close_returns_only_once_the_file_is_free_and_racing_reads_answer_closed() {
+    const ROUNDS: usize = 150;
+    const READERS: usize = 3;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("close.redb");
+    let group = {
+        let coven = Coven::open(&path, Config::default()).unwrap();
+        register(&coven, &[("ada", "Ada")]);
+        let group = coven.create_group(None, ids(&["ada"]), None).unwrap().id;
+        for m in 0..200 {
+            coven
+                .append_user_message(&group, format!("message {m}"), None)
+                .unwrap();
+        }
+        coven.close();
+        group
+    };
+    let mut reads_before_close = 0;
+    for round in 0..ROUNDS {
+        let coven = Arc::new(Coven::open(&path, Config::default()).unwrap_or_else(|err| {
+            panic!("round {round}: the file is not free after close() returned: {err:?}")
+        }));
+        let started = Arc::new(std::sync::Barrier::new(READERS + 1));
+        let readers: Vec<_> = (0..READERS)
+            .map(|r| {
+                let (coven, group, started) = (coven.clone(), group.clone(), started.clone());
+                spawn_call(move || {
+                    let mut reads = 0u64;
+                    let mut first = true;
+                    loop {
+                        // The integrity check is the longest read: a wide window for close.
+                        let outcome = match (r + reads as usize) % 4 {
+                            0 => coven.get_group(&group).map(drop),
+                            1 => coven.events_since(&group, 0, 50).map(drop),
+                            _ => coven.check().map(drop),
+                        };
+                        if first {
+                            started.wait();
+                            first = false;
+                        }
+                        match outcome {
+                            Ok(()) => reads += 1,
+                            Err(Error::Closed) => return Ok(reads),
+                            Err(other) => return Err(other),
+                        }
+                    }
+                })
+            })
+            .collect();
+        // Every reader is inside its loop before the close starts.
+        started.wait();
+        coven.close();
+        // At once: no wait for anything to let go of the file.
+        let again = Coven::open(&path, Config::default()).unwrap_or_else(|err| {
+            panic!("round {round}: reopening right after close() returned failed: {err:?}")
+        });
+        for reader in &readers {
+            match returned(reader, "a read racing close()") {
+                Ok(reads) => reads_before_close += reads,
+                Err(err) => panic!("round {round}: a read racing close() answered {err:?}"),
+            }
+        }
+        assert_eq!(again.get_group(&group).unwrap().events.len(), 200);
+        again.close();
+    }
+    eprintln!("{ROUNDS} rounds, {reads_before_close} reads answered before the close");
 }
 
 // ---- 6. durable: false loses a bounded window ----
