@@ -1,14 +1,17 @@
 //! The store's lifecycle: calls racing `close()` are all answered and none blocks; `close()`
 //! returns only once the file is free; a store opened with `durable: false` loses at most its
-//! checkpoint interval to a SIGKILL.
+//! checkpoint interval to a SIGKILL; and an open store that met an I/O error says precisely that
+//! it must be closed and reopened.
 
 mod common;
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Write};
+use std::ops::Bound;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -16,6 +19,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use coven_group::{Config, Coven, Error, Familiar};
 use crossbeam_channel::RecvTimeoutError;
+use redb::backends::FileBackend;
+use redb::{BackendError, StorageBackend};
 
 /// Upper bound for anything a test waits on; reaching it is a failure.
 const GUARD: Duration = Duration::from_secs(30);
@@ -414,4 +419,141 @@ fn a_zero_checkpoint_interval_is_refused() {
         Coven::open_in_memory(config).map(drop),
         "config.checkpoint_interval_ms",
     );
+}
+
+// ---- 9. after an I/O error ----
+
+/// redb's file backend on a disk that can be made full: writes then fail with `ENOSPC`.
+#[derive(Debug)]
+struct FullableBackend {
+    file: FileBackend,
+    full: Arc<AtomicBool>,
+}
+
+impl FullableBackend {
+    fn refuse_if_full(&self) -> io::Result<()> {
+        if self.full.load(Ordering::SeqCst) {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        Ok(())
+    }
+}
+
+impl StorageBackend for FullableBackend {
+    fn len(&self) -> io::Result<u64> {
+        self.file.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
+        self.file.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        if len > self.file.len()? {
+            self.refuse_if_full()?;
+        }
+        self.file.set_len(len)
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
+        self.refuse_if_full()?;
+        self.file.write(offset, data)
+    }
+
+    fn close(&self) -> io::Result<()> {
+        self.file.close()
+    }
+
+    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.file.try_lock_range(start, end)
+    }
+
+    fn try_lock_shared_range(
+        &self,
+        start: Bound<u64>,
+        end: Bound<u64>,
+    ) -> Result<bool, BackendError> {
+        self.file.try_lock_shared_range(start, end)
+    }
+
+    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.file.lock_range(start, end)
+    }
+
+    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.file.lock_shared_range(start, end)
+    }
+
+    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
+        self.file.unlock_range(start, end)
+    }
+
+    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
+        self.file.query_lock_range(start, end)
+    }
+}
+
+#[test]
+fn after_a_full_disk_the_open_store_says_it_must_be_closed_and_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("full.redb");
+    let full = Arc::new(AtomicBool::new(false));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .unwrap();
+    let backend = FullableBackend {
+        file: FileBackend::new(file).unwrap(),
+        full: full.clone(),
+    };
+    let coven = Coven::open_with_backend(backend, Config::default()).unwrap();
+    register(&coven, &[("ada", "Ada")]);
+    let group = coven.create_group(None, ids(&["ada"]), None).unwrap().id;
+    let kept = coven
+        .append_user_message(&group, "kept".into(), None)
+        .unwrap();
+
+    full.store(true, Ordering::SeqCst);
+    match coven.append_user_message(&group, "refused".into(), None) {
+        Err(Error::Storage { reason }) => eprintln!("while full: {reason}"),
+        other => panic!("an append on a full disk answered {other:?}"),
+    }
+    // Space returns; the open store still refuses, and says exactly what to do.
+    full.store(false, Ordering::SeqCst);
+    for attempt in [
+        coven
+            .append_user_message(&group, "after".into(), None)
+            .map(drop),
+        coven.rename_group(&group, "after".into()).map(drop),
+    ] {
+        match attempt {
+            Err(Error::Storage { reason }) => {
+                assert!(
+                    reason.contains("an earlier I/O error")
+                        && reason.contains("close the store (Coven::close) and open it again"),
+                    "the refusal does not say the store must be reopened: {reason}"
+                );
+            }
+            other => panic!("a write after the I/O error answered {other:?}"),
+        }
+    }
+
+    // Closing and reopening is the remedy, and keeps what was acknowledged.
+    coven.close();
+    drop(coven);
+    let coven = Coven::open(&path, Config::default()).unwrap();
+    assert_clean_and_idle(&coven);
+    let events = coven.get_group(&group).unwrap().events;
+    assert_eq!(events.get(kept.seq as usize - 1), Some(&kept));
+    coven
+        .append_user_message(&group, "space is back".into(), None)
+        .unwrap();
+    coven.close();
 }
