@@ -8,7 +8,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::Sender;
 use parking_lot::{Mutex, RwLock};
 use redb::Database;
 
@@ -25,8 +24,8 @@ use crate::model::{
     Recovery, Session, TurnHandle,
 };
 use crate::store::ops::{NewEvent, NewGroup};
-use crate::store::writer::{self, Batch, Command, Writer};
-use crate::store::{self, Reader};
+use crate::store::writer::{Batch, SyncPolicy, Writer, WriterHandle};
+use crate::store::{self, ReadGate, Reader};
 use crate::validate;
 
 /// Harness kinds built into the library.
@@ -35,10 +34,11 @@ pub const BUILTIN_HARNESSES: [&str; 4] = ["scripted", "command", "claude", "code
 /// An open store. `Send + Sync`: share it behind an `Arc` and call it from any thread.
 #[derive(uniffi::Object)]
 pub struct Coven {
-    /// `None` once closed, which also releases the file for another open.
-    db: RwLock<Option<Arc<Database>>>,
-    sender: Sender<Command>,
-    writer: Mutex<Option<Writer>>,
+    /// Every read goes through it; closing it releases the file for another open.
+    reads: Arc<ReadGate>,
+    writer: WriterHandle,
+    /// The writer thread, until closed.
+    writer_thread: Mutex<Option<Writer>>,
     fanout: Fanout,
     /// Every harness by kind name: the built-ins, then whatever the host registers.
     harnesses: RwLock<HashMap<String, RegisteredHarness>>,
@@ -84,22 +84,27 @@ impl Coven {
         check_config(&config)?;
         let db = Arc::new(db);
         let hub = Arc::new(Hub::new(config.stop_grace()));
-        let writer = Writer::start(db.clone(), config.durable, hub.clone())?;
-        let sender = writer.sender();
+        let policy = if config.durable {
+            SyncPolicy::EveryCommit
+        } else {
+            SyncPolicy::Within(config.checkpoint_interval())
+        };
+        let writer_thread = Writer::start(db.clone(), policy, hub.clone())?;
+        let writer = writer_thread.handle();
+        // The writer holds the other reference, and is joined before the gate closes.
+        let reads = ReadGate::new(db);
         // Repair whatever a previous process left running before anything else is served.
-        let (command, answer) = writer::call(|batch| batch.recover());
-        sender.send(command).map_err(|_| Error::Closed)?;
-        let recovery = answer.recv().map_err(|_| Error::Closed)??;
+        let recovery = writer.call(|batch| batch.recover())?;
         let fanout = Fanout::start(
-            sender.clone(),
+            writer.clone(),
             config.max_concurrent_runs,
             config.silence_timeout(),
             config.stop_grace(),
         )?;
         Ok(Self {
-            db: RwLock::new(Some(db)),
-            sender,
-            writer: Mutex::new(Some(writer)),
+            reads,
+            writer,
+            writer_thread: Mutex::new(Some(writer_thread)),
             fanout,
             harnesses: RwLock::new(builtin_harnesses(&config)),
             hub,
@@ -114,9 +119,9 @@ impl Coven {
         &self.config
     }
 
+    /// A read transaction through the gate: `Closed` once [`Coven::close`] has reached it.
     pub(crate) fn reader(&self) -> Result<Reader> {
-        let db = self.db.read().clone().ok_or(Error::Closed)?;
-        Reader::new(&db)
+        self.reads.reader()
     }
 
     /// Queues one operation for the writer and waits until its batch has committed.
@@ -128,9 +133,7 @@ impl Coven {
         if self.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
-        let (command, answer) = writer::call(op);
-        self.sender.send(command).map_err(|_| Error::Closed)?;
-        answer.recv().map_err(|_| Error::Closed)?
+        self.writer.call(op)
     }
 
     /// `Closed` once [`Coven::close`] ran, for calls that reach neither the store nor the
@@ -237,9 +240,9 @@ impl Coven {
         if self.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
-        let db = self.db.read().clone().ok_or(Error::Closed)?;
-        Reader::new(&db)?.head_covering(group, after_rev)?;
-        self.hub.subscribe(db, group, after_rev, listener, origin)
+        self.reader()?.head_covering(group, after_rev)?;
+        self.hub
+            .subscribe(self.reads.clone(), group, after_rev, listener, origin)
     }
 }
 
@@ -264,7 +267,11 @@ impl Coven {
     }
 
     /// Cancels every turn, finishes every queued write, stops the library's threads and releases
-    /// the file. Later calls return `Closed`. Closing twice is harmless.
+    /// the file: when it returns, the same file can be opened again at once. Reads in flight
+    /// finish first (they run no host code, so that wait is bounded by the longest read); calls
+    /// that race the close are answered `Closed` (or, if they were applied before it, with their
+    /// result), and none waits forever. Later calls return `Closed`. Closing twice is harmless.
+    /// A store opened with `durable: false` makes everything committed durable before it returns.
     ///
     /// It may be called from any thread, a listener or a harness included (it never waits for
     /// the thread that calls it). A harness or listener that does not return once asked to stop
@@ -275,10 +282,10 @@ impl Coven {
         // Running turns end as cancelled and their outcomes commit before the writer stops.
         self.fanout.shutdown();
         self.hub.close();
-        if let Some(mut writer) = self.writer.lock().take() {
+        if let Some(mut writer) = self.writer_thread.lock().take() {
             writer.shutdown();
         }
-        self.db.write().take();
+        self.reads.close();
     }
 
     // ---- familiars ----
@@ -598,6 +605,12 @@ fn check_config(config: &Config) -> Result<()> {
     if config.silence_timeout_ms == 0 {
         return Err(Error::invalid(
             "config.silence_timeout_ms",
+            "must be at least 1",
+        ));
+    }
+    if config.checkpoint_interval_ms == 0 {
+        return Err(Error::invalid(
+            "config.checkpoint_interval_ms",
             "must be at least 1",
         ));
     }

@@ -57,24 +57,58 @@ impl Error {
     }
 }
 
+/// What a call gets once redb has seen an I/O error on this open store. redb then refuses every
+/// later write, and every read that reaches the file, for as long as the database stays open,
+/// even once the cause (a full disk, a failing device) is gone; closing and reopening repairs it.
+pub(crate) const REOPEN_AFTER_IO_ERROR: &str =
+    "an earlier I/O error (such as a full disk or a failed fsync) left this open store unable to \
+     write: redb refuses every later write, and every read that reaches the file, even once the \
+     cause is gone; close the store (Coven::close) and open it again (a durable store keeps every \
+     acknowledged write)";
+
+impl From<redb::StorageError> for Error {
+    fn from(err: redb::StorageError) -> Self {
+        match err {
+            redb::StorageError::PreviousIo => Error::storage(REOPEN_AFTER_IO_ERROR),
+            // Only a read that outlived its database meets this; the gate in front of reads
+            // keeps that from happening, and it would mean the store was closed.
+            redb::StorageError::DatabaseClosed => Error::Closed,
+            other => Error::storage(other),
+        }
+    }
+}
+
+/// Conversions for redb errors that may wrap a `StorageError`, which keeps its meaning above.
 macro_rules! storage_from {
-    ($($source:ty),* $(,)?) => {
-        $(impl From<$source> for Error {
-            fn from(err: $source) -> Self {
-                Error::storage(err)
+    ($($source:ident),* $(,)?) => {
+        $(impl From<redb::$source> for Error {
+            fn from(err: redb::$source) -> Self {
+                match err {
+                    redb::$source::Storage(storage) => storage.into(),
+                    other => Error::storage(other),
+                }
             }
         })*
     };
 }
 
-storage_from!(
-    redb::Error,
-    redb::StorageError,
-    redb::TableError,
-    redb::TransactionError,
-    redb::CommitError,
-    std::io::Error,
-);
+storage_from!(TableError, TransactionError, CommitError);
+
+impl From<redb::Error> for Error {
+    fn from(err: redb::Error) -> Self {
+        match err {
+            redb::Error::PreviousIo => redb::StorageError::PreviousIo.into(),
+            redb::Error::DatabaseClosed => Error::Closed,
+            other => Error::storage(other),
+        }
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(err: std::io::Error) -> Self {
+        Error::storage(err)
+    }
+}
 
 impl From<redb::DatabaseError> for Error {
     fn from(err: redb::DatabaseError) -> Self {

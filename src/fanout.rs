@@ -18,7 +18,7 @@ use crate::host::{self, Unreturned};
 use crate::ids;
 use crate::model::{Familiar, GroupConversation, ReplyError, ReplyErrorKind};
 use crate::store::turns::{ReplyEnd, TurnStart};
-use crate::store::writer::{self, Command, ReplyKey};
+use crate::store::writer::{ReplyKey, WriterHandle};
 
 /// How many finished turn ids `wait_turn` still recognizes.
 const FINISHED_TURNS_KEPT: usize = 4096;
@@ -82,7 +82,7 @@ struct Registry {
 }
 
 struct Shared {
-    writer: Sender<Command>,
+    writer: WriterHandle,
     registry: Mutex<Registry>,
     silence_timeout: Duration,
     stop_grace: Duration,
@@ -116,7 +116,7 @@ pub struct Fanout {
 
 impl Fanout {
     pub fn start(
-        writer: Sender<Command>,
+        writer: WriterHandle,
         workers: u32,
         silence_timeout: Duration,
         stop_grace: Duration,
@@ -315,14 +315,13 @@ fn run_member(shared: &Shared, job: MemberJob) {
         error,
         resume_token,
     };
-    let (command, answer) = writer::call(move |batch| batch.finish_reply(key, end));
-    // If the store is closing, or refuses the write (a full disk), the reply stays open in the
-    // file and is recovered as interrupted at the next open; the turn must then not be
-    // acknowledged as saved.
-    let committed = match shared.writer.send(command) {
-        Ok(()) => answer.recv().unwrap_or(Err(Error::Closed)).map(|_| ()),
-        Err(_) => Err(Error::Closed),
-    };
+    // If the store is closing (`Closed`, also when the writer exits before this is applied), or
+    // refuses the write (a full disk), the reply stays open in the file and is recovered as
+    // interrupted at the next open; the turn must then not be acknowledged as saved.
+    let committed = shared
+        .writer
+        .call(move |batch| batch.finish_reply(key, end))
+        .map(|_| ());
     if let Err(err) = committed {
         control.unsaved.lock().get_or_insert(err);
     }

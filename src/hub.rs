@@ -16,13 +16,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
-use redb::Database;
 
 use crate::error::{Error, Result};
 use crate::host::{self, HostRef, HostThread, Origin};
 use crate::ids;
 use crate::model::{GroupChange, GroupUpdate};
-use crate::store::Reader;
+use crate::store::ReadGate;
 
 /// Changes a subscription may hold undelivered before it falls back to reading the store.
 pub const SUBSCRIPTION_QUEUE_LIMIT: usize = 4096;
@@ -166,7 +165,7 @@ impl Hub {
     /// Registers a subscription and starts its delivery thread.
     pub fn subscribe(
         self: &Arc<Self>,
-        db: Arc<Database>,
+        reads: Arc<ReadGate>,
         group: u128,
         after_rev: u64,
         listener: Arc<dyn GroupListener>,
@@ -190,7 +189,7 @@ impl Hub {
         }
         let delivery = Delivery {
             hub: Arc::downgrade(self),
-            db,
+            reads,
             group,
             delivered: after_rev,
             feed: feed.clone(),
@@ -293,7 +292,9 @@ impl Drop for Subscription {
 /// The delivery thread's state: where it is in the group's rev order.
 struct Delivery {
     hub: std::sync::Weak<Hub>,
-    db: Arc<Database>,
+    /// Reads go through the store's gate, so a delivery thread never keeps a closed store's
+    /// file open.
+    reads: Arc<ReadGate>,
     group: u128,
     delivered: u64,
     feed: Arc<Feed>,
@@ -369,8 +370,10 @@ impl Delivery {
         if self.cancelled() {
             return Step::Stop;
         }
-        let page =
-            Reader::new(&self.db).and_then(|r| r.changes(self.group, self.delivered, BACKLOG_PAGE));
+        let page = self
+            .reads
+            .reader()
+            .and_then(|r| r.changes(self.group, self.delivered, BACKLOG_PAGE));
         match page {
             Ok(page) if page.is_empty() => Step::GoLive,
             Ok(page) => Step::Deliver(page),

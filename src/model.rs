@@ -244,10 +244,20 @@ pub struct AdoptedMember {
 /// How a store behaves. `Config::default()` is durable with sensible limits.
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct Config {
-    /// Acknowledge a write only after an fsync'd commit. When false, a crash may lose the most
-    /// recent acknowledged writes (never the order or contiguity of what survives).
+    /// Acknowledge a write only after an fsync'd commit (the default). When false, a write is
+    /// acknowledged once committed in memory and the store makes a durable commit at most
+    /// [`Config::checkpoint_interval_ms`] after the first commit that is not yet durable, and
+    /// when it closes: a process crash or power loss then loses at most the writes
+    /// acknowledged in the last `checkpoint_interval_ms` (plus the time one commit takes),
+    /// never the order or contiguity of what survives.
     #[uniffi(default = true)]
     pub durable: bool,
+    /// With `durable: false`, the longest an acknowledged write stays in memory only before a
+    /// durable commit covers it; ignored when `durable` is true. A store that stops writing
+    /// makes one durable commit at the end of the interval and then sleeps. Default 1000 ms;
+    /// must be at least 1.
+    #[uniffi(default = 1000)]
+    pub checkpoint_interval_ms: u64,
     /// Largest number of member runs executing at once across the store.
     #[uniffi(default = 8)]
     pub max_concurrent_runs: u32,
@@ -275,6 +285,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             durable: true,
+            checkpoint_interval_ms: 1000,
             max_concurrent_runs: 8,
             silence_timeout_ms: 300_000,
             stop_grace_ms: 5_000,
@@ -291,6 +302,10 @@ impl Config {
 
     pub(crate) fn stop_grace(&self) -> Duration {
         Duration::from_millis(self.stop_grace_ms)
+    }
+
+    pub(crate) fn checkpoint_interval(&self) -> Duration {
+        Duration::from_millis(self.checkpoint_interval_ms)
     }
 }
 

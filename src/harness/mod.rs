@@ -23,7 +23,7 @@ use parking_lot::Mutex;
 use crate::error::{Error, Result};
 use crate::host::HostRef;
 use crate::model::{Familiar, GroupConversation};
-use crate::store::writer::{Command, ReplyKey, ReplyOutput};
+use crate::store::writer::{ReplyKey, WriterHandle};
 
 /// Longest reply a member may give, in bytes. Text beyond it is dropped: the reply keeps its
 /// first `MAX_REPLY_BYTES` (cut at a character boundary), fails with a message saying so, and a
@@ -83,7 +83,7 @@ struct SinkState {
 #[derive(uniffi::Object)]
 pub struct ReplySink {
     key: ReplyKey,
-    writer: Sender<Command>,
+    writer: WriterHandle,
     cancel: Arc<Cancel>,
     /// Wakes the member's silence watchdog whenever the harness shows signs of life.
     activity: Sender<()>,
@@ -126,10 +126,7 @@ impl ReplySink {
         }
         let _ = self.activity.try_send(());
         // A closed writer means the store is closing: the reply is recovered as interrupted.
-        let _ = self.writer.send(Command::Output(ReplyOutput {
-            key: self.key.clone(),
-            text,
-        }));
+        self.writer.output(self.key.clone(), text);
         drop(state);
     }
 
@@ -180,7 +177,7 @@ pub(crate) type RegisteredHarness = HostRef<dyn Harness>;
 impl ReplySink {
     pub(crate) fn new(
         key: ReplyKey,
-        writer: Sender<Command>,
+        writer: WriterHandle,
         cancel: Arc<Cancel>,
         activity: Sender<()>,
     ) -> Self {

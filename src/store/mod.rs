@@ -11,6 +11,9 @@ pub mod writer;
 
 use std::fs::OpenOptions;
 use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::{Condvar, Mutex};
 
 use redb::{
     backends::InMemoryBackend, Database, ReadTransaction, ReadableDatabase, ReadableTable,
@@ -113,15 +116,92 @@ fn init_schema(db: &Database) -> Result<()> {
     Ok(())
 }
 
+/// How reads reach the database, and what lets closing release the file. A read holds a pass
+/// for as long as its transaction lives; [`ReadGate::close`] refuses new reads with `Closed`,
+/// waits for the passes out, and only then drops the database, so when it returns the file is
+/// free and no read can meet a database closed under it. Reads are library code that never
+/// waits on the host while it holds a transaction, so that wait lasts as long as the longest
+/// read in flight.
+pub struct ReadGate {
+    state: Mutex<GateState>,
+    reads_ended: Condvar,
+}
+
+struct GateState {
+    /// `None` once closed.
+    db: Option<Arc<Database>>,
+    /// Read transactions alive.
+    reads: usize,
+}
+
+impl ReadGate {
+    pub fn new(db: Arc<Database>) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(GateState {
+                db: Some(db),
+                reads: 0,
+            }),
+            reads_ended: Condvar::new(),
+        })
+    }
+
+    /// A consistent view as of the latest commit; `Closed` once the gate is closed.
+    pub fn reader(self: &Arc<Self>) -> Result<Reader> {
+        let mut state = self.state.lock();
+        let db = state.db.as_ref().ok_or(Error::Closed)?;
+        // Begun under the lock (it only registers the read with redb), so a read either starts
+        // before `close` takes the database or is refused.
+        let txn = db.begin_read()?;
+        state.reads += 1;
+        Ok(Reader {
+            txn,
+            _pass: Some(ReadPass(self.clone())),
+        })
+    }
+
+    /// Refuses every later read, waits until the reads in flight have ended, then drops the
+    /// gate's database. The file is released here when nothing else holds the database.
+    /// Closing twice is harmless.
+    pub fn close(&self) {
+        let db = {
+            let mut state = self.state.lock();
+            let db = state.db.take();
+            while state.reads > 0 {
+                self.reads_ended.wait(&mut state);
+            }
+            db
+        };
+        drop(db);
+    }
+}
+
+/// One read's claim on the gate; released when its [`Reader`] drops, after its transaction.
+struct ReadPass(Arc<ReadGate>);
+
+impl Drop for ReadPass {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock();
+        state.reads -= 1;
+        if state.reads == 0 {
+            self.0.reads_ended.notify_all();
+        }
+    }
+}
+
 /// A consistent view of the store as of one commit.
 pub struct Reader {
+    // Declared before the pass so that the transaction ends before the pass is released.
     txn: ReadTransaction,
+    _pass: Option<ReadPass>,
 }
 
 impl Reader {
+    /// A view of a database outside any gate (tests that own the database).
+    #[cfg(test)]
     pub fn new(db: &Database) -> Result<Self> {
         Ok(Self {
             txn: db.begin_read()?,
+            _pass: None,
         })
     }
 

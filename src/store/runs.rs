@@ -4,20 +4,17 @@
 //! whose host died: recovery stops what is left of it ([`process::stop_leftovers`], which only
 //! kills processes that prove to be the run's) and forgets the record.
 
-use crossbeam_channel::Sender;
 use redb::ReadableTable;
 
-use super::writer::{self, Batch, Command};
-use crate::error::{Error, Result};
+use super::writer::{Batch, WriterHandle};
+use crate::error::Result;
 use crate::harness::process::{self, ProcessRun};
 
 /// Records a started run and waits until the record is committed (durable when the store is).
 /// Every run is recorded through this one function.
-pub fn record(writer: &Sender<Command>, run: &ProcessRun) -> Result<RecordedRun> {
+pub fn record(writer: &WriterHandle, run: &ProcessRun) -> Result<RecordedRun> {
     let stored = run.clone();
-    let (command, answer) = writer::call(move |batch| batch.record_run(&stored));
-    writer.send(command).map_err(|_| Error::Closed)?;
-    answer.recv().map_err(|_| Error::Closed)??;
+    writer.call(move |batch| batch.record_run(&stored))?;
     Ok(RecordedRun {
         writer: writer.clone(),
         marker: run.marker,
@@ -27,7 +24,7 @@ pub fn record(writer: &Sender<Command>, run: &ProcessRun) -> Result<RecordedRun>
 /// A run whose record is in the store.
 #[must_use = "a recorded run's record must be released when the run is over"]
 pub struct RecordedRun {
-    writer: Sender<Command>,
+    writer: WriterHandle,
     marker: u128,
 }
 
@@ -37,9 +34,8 @@ impl RecordedRun {
     /// removal usually shares a commit with the reply's own ending.
     pub fn release(self) {
         let marker = self.marker;
-        let (command, _answer) = writer::call(move |batch| batch.forget_run(marker));
         // A closed writer means the store is closing; the next open forgets the record.
-        let _ = self.writer.send(command);
+        self.writer.submit(move |batch| batch.forget_run(marker));
     }
 }
 

@@ -2,14 +2,18 @@
 //! them in one transaction, commits once (group commit), and only then answers each caller and
 //! hands the committed changes to the hub. seq and rev are assigned inside that transaction, so a
 //! crash before the commit leaves no trace and one after it leaves no hole.
+//!
+//! Callers reach the writer only through a [`WriterHandle`], which answers `Closed` once the
+//! writer thread has exited, so no call can wait on a writer that is gone.
 
 use std::collections::hash_map::{Entry, HashMap};
+use std::convert::Infallible;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use redb::{Database, Durability, Table, WriteTransaction};
 
 use super::codec;
@@ -107,7 +111,7 @@ where
 }
 
 /// Wraps a closure as a queued operation and returns the receiver its result arrives on.
-pub fn call<T, F>(op: F) -> (Command, Receiver<Result<T>>)
+fn call<T, F>(op: F) -> (Command, Receiver<Result<T>>)
 where
     T: Send + 'static,
     F: FnOnce(&mut Batch<'_>) -> Result<T> + Send + 'static,
@@ -360,33 +364,100 @@ impl LiveReplies {
     }
 }
 
-/// Handle to the writer thread.
+/// The only way to reach the writer; cheap to clone. Every call is answered: with its outcome,
+/// or with `Closed` when the writer thread has exited (or exits while the call waits), whether
+/// the call was queued before, during or after the writer's shutdown.
+#[derive(Clone)]
+pub struct WriterHandle {
+    commands: Sender<Command>,
+    /// Never carries a message: it disconnects when the writer thread ends, however it ends,
+    /// which wakes every caller still waiting for an answer.
+    exited: Receiver<Infallible>,
+}
+
+impl WriterHandle {
+    /// Queues one operation and waits until its batch has committed (or failed). `Closed` when
+    /// the writer has exited or exits before answering; the wait lasts at most as long as the
+    /// batches queued ahead of the operation, since the writer runs no host code.
+    pub fn call<T, F>(&self, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Batch<'_>) -> Result<T> + Send + 'static,
+    {
+        let (command, answer) = call(op);
+        // The writer drops its receiver when it exits, so a send never waits on a queue that
+        // nobody drains.
+        self.commands.send(command).map_err(|_| Error::Closed)?;
+        crossbeam_channel::select! {
+            recv(answer) -> outcome => outcome.unwrap_or(Err(Error::Closed)),
+            // The writer answers before it exits, so an answer it gave is already there.
+            recv(self.exited) -> _ => answer.try_recv().unwrap_or(Err(Error::Closed)),
+        }
+    }
+
+    /// Queues text streamed into a live reply, without waiting for its commit. Dropped when the
+    /// writer has exited: the reply is then recovered as interrupted at the next open.
+    pub fn output(&self, key: ReplyKey, text: String) {
+        let _ = self
+            .commands
+            .send(Command::Output(ReplyOutput { key, text }));
+    }
+
+    /// Queues one operation without waiting for it; its outcome is dropped. Dropped as well
+    /// when the writer has exited.
+    pub fn submit<F>(&self, op: F)
+    where
+        F: FnOnce(&mut Batch<'_>) -> Result<()> + Send + 'static,
+    {
+        let (command, _answer) = call(op);
+        let _ = self.commands.send(command);
+    }
+}
+
+/// When the writer's commits reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncPolicy {
+    /// Every commit is durable before its callers are answered.
+    EveryCommit,
+    /// Callers are answered after a commit that is not yet durable. A durable commit follows
+    /// at most this long after the first such commit (an empty one when no write comes), and
+    /// one is made when the writer stops.
+    Within(Duration),
+}
+
+/// The writer thread.
 pub struct Writer {
-    sender: Sender<Command>,
+    handle: WriterHandle,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Writer {
-    pub fn start(db: Arc<Database>, durable: bool, hub: Arc<Hub>) -> Result<Self> {
-        let (sender, receiver) = crossbeam_channel::bounded(QUEUE_CAPACITY);
+    pub fn start(db: Arc<Database>, policy: SyncPolicy, hub: Arc<Hub>) -> Result<Self> {
+        let (commands, receiver) = crossbeam_channel::bounded(QUEUE_CAPACITY);
+        let (alive, exited) = crossbeam_channel::bounded::<Infallible>(0);
         let thread = std::thread::Builder::new()
             .name("coven-writer".into())
-            .spawn(move || run(&db, durable, &hub, &receiver))
+            .spawn(move || {
+                // Dropped when this thread ends, even by a panic: that is the exit signal.
+                let _alive = alive;
+                run(&db, policy, &hub, receiver);
+            })
             .map_err(|err| Error::storage(format!("cannot start the writer thread: {err}")))?;
         Ok(Self {
-            sender,
+            handle: WriterHandle { commands, exited },
             thread: Some(thread),
         })
     }
 
-    pub fn sender(&self) -> Sender<Command> {
-        self.sender.clone()
+    pub fn handle(&self) -> WriterHandle {
+        self.handle.clone()
     }
 
-    /// Lets the writer finish everything queued, then joins it.
+    /// Lets the writer finish everything queued before this call, then joins it. Whatever is
+    /// queued later is answered `Closed`.
     pub fn shutdown(&mut self) {
         if let Some(thread) = self.thread.take() {
-            let _ = self.sender.send(Command::Shutdown);
+            let _ = self.handle.commands.send(Command::Shutdown);
             let _ = thread.join();
         }
     }
@@ -398,11 +469,85 @@ impl Drop for Writer {
     }
 }
 
-fn run(db: &Database, durable: bool, hub: &Hub, receiver: &Receiver<Command>) {
+fn run(db: &Database, policy: SyncPolicy, hub: &Hub, receiver: Receiver<Command>) {
+    serve(db, policy, hub, &receiver);
+    // Queued behind the shutdown: never applied. Their callers would be woken by the exit
+    // anyway; answering them here also frees what they hold.
+    for command in receiver.try_iter() {
+        if let Command::Write(op) = command {
+            op.reject(Error::Closed);
+        }
+    }
+    // Dropping the receiver makes every later send fail at once.
+}
+
+/// Commits the writer made that are not durable yet (only under [`SyncPolicy::Within`]).
+struct Unsynced {
+    every: Option<Duration>,
+    /// When the oldest of them was made.
+    since: Option<Instant>,
+}
+
+impl Unsynced {
+    fn new(policy: SyncPolicy) -> Self {
+        let every = match policy {
+            SyncPolicy::EveryCommit => None,
+            SyncPolicy::Within(every) => Some(every),
+        };
+        Self { every, since: None }
+    }
+
+    /// When the next durable commit is due; `None` while everything committed is durable.
+    fn deadline(&self) -> Option<Instant> {
+        self.since?.checked_add(self.every?)
+    }
+
+    /// Whether the next batch must commit durably.
+    fn due(&self, now: Instant) -> bool {
+        match self.every {
+            None => true,
+            Some(_) => self.deadline().is_some_and(|deadline| now >= deadline),
+        }
+    }
+
+    fn record(&mut self, commit: Commit, started: Instant) {
+        match commit {
+            Commit::Durable => self.since = None,
+            Commit::NotDurable => {
+                self.since.get_or_insert(started);
+            }
+            Commit::Nothing => {}
+        }
+    }
+
+    /// Makes every earlier commit durable with an empty durable commit. A failure is not retried
+    /// while the store is idle (an I/O error leaves redb refusing every write until reopened);
+    /// the next write starts the clock again.
+    fn checkpoint(&mut self, db: &Database) {
+        if self.since.take().is_some() {
+            let _ = begin(db, true).and_then(|txn| txn.commit().map_err(Error::from));
+        }
+    }
+}
+
+fn serve(db: &Database, policy: SyncPolicy, hub: &Hub, receiver: &Receiver<Command>) {
     let mut queued: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
     let mut live = LiveReplies::default();
+    let mut unsynced = Unsynced::new(policy);
     loop {
-        let Ok(first) = receiver.recv() else { return };
+        // Idle with nothing waiting to be made durable: sleep until a command comes.
+        let first = match unsynced.deadline() {
+            None => receiver.recv().ok(),
+            Some(deadline) => match receiver.recv_deadline(deadline) {
+                Ok(command) => Some(command),
+                Err(RecvTimeoutError::Timeout) => {
+                    unsynced.checkpoint(db);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => None,
+            },
+        };
+        let Some(first) = first else { break };
         let mut stop = false;
         let mut next = Some(first);
         while let Some(command) = next.take() {
@@ -419,12 +564,26 @@ fn run(db: &Database, durable: bool, hub: &Hub, receiver: &Receiver<Command>) {
             }
         }
         if !queued.is_empty() {
-            commit_batch(db, durable, hub, &mut queued, &mut live);
+            let started = Instant::now();
+            let durable = unsynced.due(started);
+            let commit = commit_batch(db, durable, hub, &mut queued, &mut live);
+            unsynced.record(commit, started);
         }
         if stop {
-            return;
+            break;
         }
     }
+    unsynced.checkpoint(db);
+}
+
+/// What one batch left in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    /// Nothing: every operation was refused, or the batch failed.
+    Nothing,
+    Durable,
+    /// Committed, but only in memory until a later durable commit.
+    NotDurable,
 }
 
 fn reject_all(queued: &mut Vec<Queued>, err: &Error) {
@@ -441,10 +600,13 @@ fn commit_batch(
     hub: &Hub,
     queued: &mut Vec<Queued>,
     live: &mut LiveReplies,
-) {
+) -> Commit {
     let txn = match begin(db, durable) {
         Ok(txn) => txn,
-        Err(err) => return reject_all(queued, &err),
+        Err(err) => {
+            reject_all(queued, &err);
+            return Commit::Nothing;
+        }
     };
     let mut completions = Vec::with_capacity(queued.len());
     let (outcome, published) = match Batch::open(&txn) {
@@ -476,12 +638,22 @@ fn commit_batch(
             *live = std::mem::take(&mut batch.live);
             (outcome, std::mem::take(&mut batch.published))
         }
-        Err(err) => return reject_all(queued, &err),
+        Err(err) => {
+            reject_all(queued, &err);
+            return Commit::Nothing;
+        }
     };
+    let mut commit = Commit::Nothing;
     let committed = match outcome {
         // Only refusals: leave the file exactly as it was.
         Ok(false) => txn.abort().map_err(Error::from),
-        Ok(true) => txn.commit().map_err(Error::from),
+        Ok(true) => txn.commit().map_err(Error::from).inspect(|()| {
+            commit = if durable {
+                Commit::Durable
+            } else {
+                Commit::NotDurable
+            };
+        }),
         Err(err) => {
             let _ = txn.abort();
             Err(err)
@@ -497,6 +669,7 @@ fn commit_batch(
     if committed.is_ok() && !published.is_empty() {
         hub.publish(published);
     }
+    commit
 }
 
 fn begin(db: &Database, durable: bool) -> Result<WriteTransaction> {
@@ -509,4 +682,144 @@ fn begin(db: &Database, durable: bool) -> Result<WriteTransaction> {
     txn.set_durability(durability)
         .map_err(|err| Error::storage(format!("cannot set durability: {err}")))?;
     Ok(txn)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use redb::backends::InMemoryBackend;
+    use redb::StorageBackend;
+
+    use super::*;
+
+    /// Upper bound for anything a test waits on; reaching it is a failure.
+    const GUARD: Duration = Duration::from_secs(30);
+
+    /// An in-memory backend that counts `sync_data` calls: one per durable commit.
+    #[derive(Debug)]
+    struct CountingBackend {
+        inner: InMemoryBackend,
+        syncs: Arc<AtomicU64>,
+    }
+
+    impl StorageBackend for CountingBackend {
+        fn len(&self) -> std::io::Result<u64> {
+            self.inner.len()
+        }
+        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+            self.inner.read(offset, out)
+        }
+        fn set_len(&self, len: u64) -> std::io::Result<()> {
+            self.inner.set_len(len)
+        }
+        fn sync_data(&self) -> std::io::Result<()> {
+            self.syncs.fetch_add(1, Ordering::SeqCst);
+            self.inner.sync_data()
+        }
+        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+            self.inner.write(offset, data)
+        }
+    }
+
+    fn start(policy: SyncPolicy) -> (Writer, Arc<AtomicU64>) {
+        let syncs = Arc::new(AtomicU64::new(0));
+        let backend = CountingBackend {
+            inner: InMemoryBackend::new(),
+            syncs: syncs.clone(),
+        };
+        let db = Database::builder().create_with_backend(backend).unwrap();
+        let writer = Writer::start(
+            Arc::new(db),
+            policy,
+            Arc::new(Hub::new(Duration::from_secs(5))),
+        )
+        .unwrap();
+        (writer, syncs)
+    }
+
+    /// Waits (bounded) until `condition` holds.
+    fn wait_until(what: &str, condition: impl Fn() -> bool) {
+        let deadline = Instant::now() + GUARD;
+        while !condition() {
+            assert!(Instant::now() < deadline, "gave up waiting until {what}");
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn a_call_queued_behind_shutdown_is_answered_closed_when_the_writer_exits() {
+        let (mut writer, _) = start(SyncPolicy::EveryCommit);
+        let handle = writer.handle();
+        // An operation that holds the writer inside its batch until released.
+        let (entered, entered_rx) = crossbeam_channel::bounded(1);
+        let (release, release_rx) = crossbeam_channel::bounded::<()>(1);
+        let blocker = {
+            let handle = handle.clone();
+            std::thread::spawn(move || {
+                handle.call(move |_| {
+                    entered.send(()).unwrap();
+                    release_rx.recv_timeout(GUARD).unwrap();
+                    Ok(1)
+                })
+            })
+        };
+        entered_rx.recv_timeout(GUARD).unwrap();
+        // Shutdown is queued while the writer is busy; the next call lands behind it.
+        handle.commands.send(Command::Shutdown).unwrap();
+        let (answer, late) = crossbeam_channel::bounded(1);
+        let victim = {
+            let handle = handle.clone();
+            std::thread::spawn(move || answer.send(handle.call(|_| Ok(2))).unwrap())
+        };
+        wait_until("the late call is queued", || handle.commands.len() == 2);
+        release.send(()).unwrap();
+        assert_eq!(blocker.join().unwrap(), Ok(1));
+        let outcome = late
+            .recv_timeout(GUARD)
+            .expect("a call queued behind Shutdown was never answered");
+        assert_eq!(outcome, Err(Error::Closed));
+        victim.join().unwrap();
+        // And once the writer has gone, a call is refused at once.
+        writer.shutdown();
+        assert_eq!(handle.call(|_| Ok(3)), Err(Error::Closed));
+    }
+
+    #[test]
+    fn a_non_durable_commit_is_made_durable_by_a_checkpoint_when_no_write_follows() {
+        let every = Duration::from_millis(20);
+        let (mut writer, syncs) = start(SyncPolicy::Within(every));
+        let handle = writer.handle();
+        let before = syncs.load(Ordering::SeqCst);
+        handle.call(|_| Ok(())).unwrap();
+        // The commit itself was not synced; the checkpoint that follows it is.
+        wait_until("the checkpoint is synced", || {
+            syncs.load(Ordering::SeqCst) > before
+        });
+        writer.shutdown();
+    }
+
+    #[test]
+    fn checkpoints_are_due_only_after_a_commit_that_is_not_durable() {
+        let every = Duration::from_millis(1000);
+        let mut unsynced = Unsynced::new(SyncPolicy::Within(every));
+        let start = Instant::now();
+        assert_eq!(unsynced.deadline(), None, "idle: no wake-up");
+        assert!(!unsynced.due(start));
+        unsynced.record(Commit::NotDurable, start);
+        unsynced.record(Commit::NotDurable, start + every / 2);
+        // The oldest commit not yet durable sets the deadline.
+        assert_eq!(unsynced.deadline(), Some(start + every));
+        assert!(!unsynced.due(start + every / 2));
+        assert!(unsynced.due(start + every));
+        unsynced.record(Commit::Durable, start + every);
+        assert_eq!(unsynced.deadline(), None, "a durable batch covers them");
+        unsynced.record(Commit::NotDurable, start + every);
+        unsynced.record(Commit::Nothing, start + 2 * every);
+        assert_eq!(unsynced.deadline(), Some(start + 2 * every));
+
+        let durable = Unsynced::new(SyncPolicy::EveryCommit);
+        assert!(durable.due(start), "every commit is durable");
+        assert_eq!(durable.deadline(), None);
+    }
 }
