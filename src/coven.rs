@@ -79,16 +79,27 @@ impl Coven {
         Self::start(store::open_backend(backend)?, config)
     }
 
+    /// Starts the library's threads on an opened store, the recovery pass first.
     fn start(db: Database, config: Config) -> Result<Self> {
         check_config(&config)?;
+        // A refused store is torn down (writer stopped, database dropped) inside the guard too:
+        // redb can panic while it drops a damaged store.
+        store::contain_panic("opening the store", move || Self::start_threads(db, config))
+    }
+
+    fn start_threads(db: Database, config: Config) -> Result<Self> {
         let db = Arc::new(db);
         let hub = Arc::new(Hub::default());
         let writer = Writer::start(db.clone(), config.durable, hub.clone())?;
         let sender = writer.sender();
         // Repair whatever a previous process left running before anything else is served.
         let (command, answer) = writer::call(|batch| batch.recover());
-        sender.send(command).map_err(|_| Error::Closed)?;
-        let recovery = answer.recv().map_err(|_| Error::Closed)??;
+        // The writer can only be gone here if reading the store killed it (redb panicked outside
+        // an operation), which a damaged file does.
+        let writer_stopped =
+            || Error::storage("the recovery pass stopped while reading the store: it is damaged");
+        sender.send(command).map_err(|_| writer_stopped())?;
+        let recovery = answer.recv().map_err(|_| writer_stopped())??;
         let fanout = Fanout::start(
             sender.clone(),
             config.max_concurrent_runs,

@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod codec;
+mod contain;
 pub mod ops;
 pub mod tables;
 pub mod turns;
@@ -21,6 +22,7 @@ use crate::ids;
 use crate::model::{
     Familiar, GroupChange, GroupConversation, GroupEvent, GroupSnapshot, GroupUpdate, Session,
 };
+pub use contain::contain_panic;
 use tables::*;
 
 /// redb's page cache (reads and the write buffer) for a store opened without an explicit size.
@@ -39,9 +41,13 @@ pub fn open_file_with_cache(path: &Path, cache_bytes: Option<usize>) -> Result<D
     create_private(path)?;
     let mut builder = Database::builder();
     builder.set_cache_size(cache_bytes.unwrap_or(DEFAULT_CACHE_BYTES));
-    let db = builder.create(path)?;
-    init_schema(&db)?;
-    Ok(db)
+    // A refused open drops the database inside the guard: redb can panic on a damaged file
+    // while it opens, reads the schema or drops it.
+    contain_panic("opening the store", || {
+        let db = builder.create(path)?;
+        init_schema(&db)?;
+        Ok(db)
+    })
 }
 
 /// A store that lives in memory and vanishes with its handle.
@@ -53,9 +59,11 @@ pub fn open_memory() -> Result<Database> {
 
 /// A store on a caller-supplied redb backend (fault-injection tests wrap the file backend).
 pub fn open_backend(backend: impl StorageBackend) -> Result<Database> {
-    let db = Database::builder().create_with_backend(backend)?;
-    init_schema(&db)?;
-    Ok(db)
+    contain_panic("opening the store", || {
+        let db = Database::builder().create_with_backend(backend)?;
+        init_schema(&db)?;
+        Ok(db)
+    })
 }
 
 /// A new store file is readable by its owner only: conversations are private.
