@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use parking_lot::{Mutex, RwLock};
-use redb::Database;
 
 use crate::adopt;
 use crate::error::{Error, Result};
@@ -35,7 +34,7 @@ pub const BUILTIN_HARNESSES: [&str; 4] = ["scripted", "command", "claude", "code
 #[derive(uniffi::Object)]
 pub struct Coven {
     /// `None` once closed, which also releases the file for another open.
-    db: RwLock<Option<Arc<Database>>>,
+    db: RwLock<Option<Arc<redb::Database>>>,
     sender: Sender<Command>,
     writer: Mutex<Option<Writer>>,
     fanout: Fanout,
@@ -50,6 +49,12 @@ pub struct Coven {
 impl Coven {
     /// Opens the store at `path`, creating it (readable by its owner only) if it does not exist.
     /// A second open of the same file in one process is refused with `Conflict`.
+    ///
+    /// A file that is not a store, is damaged, or holds a newer schema is refused with `Storage`
+    /// (never a panic, even where the storage engine panics on the damage) and left
+    /// byte-for-byte as it was: what opening writes (redb's repair, the schema record, the
+    /// recovery pass) is held in memory and reaches the file only once the whole open has
+    /// succeeded.
     pub fn open(path: impl AsRef<Path>, config: Config) -> Result<Self> {
         // A refused configuration must not create (or write to) the file.
         check_config(&config)?;
@@ -79,15 +84,20 @@ impl Coven {
         Self::start(store::open_backend(backend)?, config)
     }
 
-    /// Starts the library's threads on an opened store, the recovery pass first.
-    fn start(db: Database, config: Config) -> Result<Self> {
+    /// Starts the library's threads on an opened store. The recovery pass runs first; only when
+    /// it succeeds does anything opening wrote reach an existing file ([`store::HeldWrites`]),
+    /// so a store refused here is left as it was.
+    fn start(opened: store::Opened, config: Config) -> Result<Self> {
         check_config(&config)?;
         // A refused store is torn down (writer stopped, database dropped) inside the guard too:
         // redb can panic while it drops a damaged store.
-        store::contain_panic("opening the store", move || Self::start_threads(db, config))
+        store::contain_panic("opening the store", move || {
+            Self::start_threads(opened, config)
+        })
     }
 
-    fn start_threads(db: Database, config: Config) -> Result<Self> {
+    fn start_threads(opened: store::Opened, config: Config) -> Result<Self> {
+        let store::Opened { db, held } = opened;
         let db = Arc::new(db);
         let hub = Arc::new(Hub::default());
         let writer = Writer::start(db.clone(), config.durable, hub.clone())?;
@@ -100,6 +110,7 @@ impl Coven {
             || Error::storage("the recovery pass stopped while reading the store: it is damaged");
         sender.send(command).map_err(|_| writer_stopped())?;
         let recovery = answer.recv().map_err(|_| writer_stopped())??;
+        held.confirm()?;
         let fanout = Fanout::start(
             sender.clone(),
             config.max_concurrent_runs,

@@ -5,6 +5,7 @@ pub mod check;
 pub mod codec;
 mod contain;
 pub mod ops;
+mod staged;
 pub mod tables;
 pub mod turns;
 pub mod writer;
@@ -13,8 +14,8 @@ use std::fs::OpenOptions;
 use std::path::Path;
 
 use redb::{
-    backends::InMemoryBackend, Database, ReadTransaction, ReadableDatabase, ReadableTable,
-    StorageBackend,
+    backends::{FileBackend, InMemoryBackend},
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, StorageBackend,
 };
 
 use crate::error::{Error, Result};
@@ -23,6 +24,7 @@ use crate::model::{
     Familiar, GroupChange, GroupConversation, GroupEvent, GroupSnapshot, GroupUpdate, Session,
 };
 pub use contain::contain_panic;
+use staged::StagedWrites;
 use tables::*;
 
 /// redb's page cache (reads and the write buffer) for a store opened without an explicit size.
@@ -30,39 +32,100 @@ use tables::*;
 /// MiB keeps a process's memory bounded while a hot group's pages stay cached.
 pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 
+/// A store just opened. Writes to an existing file are held in memory until
+/// [`HeldWrites::confirm`] (see [`staged`]), so an open refused before that leaves the file
+/// exactly as it was.
+pub struct Opened {
+    pub db: Database,
+    pub held: HeldWrites,
+}
+
+impl Opened {
+    fn ready(db: Database) -> Self {
+        Self {
+            db,
+            held: HeldWrites(None),
+        }
+    }
+}
+
+/// What opening an existing file wrote, not yet on the file.
+pub struct HeldWrites(Option<StagedWrites>);
+
+impl HeldWrites {
+    /// Puts what opening wrote on the file; from then on writes go straight to it. Call it once
+    /// everything that belongs to opening (the recovery pass included) has succeeded.
+    pub fn confirm(self) -> Result<()> {
+        self.0.map_or(Ok(()), |staged| staged.persist())
+    }
+}
+
 /// Opens (creating if needed) a store file and brings its schema up to date.
-pub fn open_file(path: &Path) -> Result<Database> {
+pub fn open_file(path: &Path) -> Result<Opened> {
     open_file_with_cache(path, None)
 }
 
 /// [`open_file`] with redb's page cache limited to `cache_bytes` ([`DEFAULT_CACHE_BYTES`] when
 /// `None`).
-pub fn open_file_with_cache(path: &Path, cache_bytes: Option<usize>) -> Result<Database> {
+///
+/// The file is opened with its writes held until [`HeldWrites::confirm`]; a file redb cannot
+/// read, a damaged one (even one that makes redb panic) or one of a newer schema is refused with
+/// `Storage` and left byte-for-byte as it was.
+pub fn open_file_with_cache(path: &Path, cache_bytes: Option<usize>) -> Result<Opened> {
     create_private(path)?;
-    let mut builder = Database::builder();
-    builder.set_cache_size(cache_bytes.unwrap_or(DEFAULT_CACHE_BYTES));
-    // A refused open drops the database inside the guard: redb can panic on a damaged file
-    // while it opens, reads the schema or drops it.
-    contain_panic("opening the store", || {
-        let db = builder.create(path)?;
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|err| {
+            Error::storage(format!("cannot open store file {}: {err}", path.display()))
+        })?;
+    open_existing(path, file, cache_bytes.unwrap_or(DEFAULT_CACHE_BYTES))
+}
+
+/// Opens an existing store file with its writes held (see [`staged`]).
+fn open_existing(path: &Path, file: std::fs::File, cache_bytes: usize) -> Result<Opened> {
+    let refused = |err: Error| match err {
+        Error::Storage { reason } => Error::storage(format!(
+            "cannot open store file {}: {reason} (the file is left as it was)",
+            path.display()
+        )),
+        other => other,
+    };
+    let (backend, staged) = staged::staged(FileBackend::new(file).map_err(Error::from)?);
+    // A refused open drops the database inside the guard: its shutdown writes are held too, and
+    // go nowhere.
+    let db = contain_panic("opening the store", || {
+        let db = database_builder(cache_bytes).create_with_backend(backend)?;
         init_schema(&db)?;
         Ok(db)
     })
+    .map_err(refused)?;
+    Ok(Opened {
+        db,
+        held: HeldWrites(Some(staged)),
+    })
+}
+
+fn database_builder(cache_bytes: usize) -> redb::Builder {
+    let mut builder = Database::builder();
+    builder.set_cache_size(cache_bytes);
+    builder
 }
 
 /// A store that lives in memory and vanishes with its handle.
-pub fn open_memory() -> Result<Database> {
+pub fn open_memory() -> Result<Opened> {
     let db = Database::builder().create_with_backend(InMemoryBackend::new())?;
     init_schema(&db)?;
-    Ok(db)
+    Ok(Opened::ready(db))
 }
 
 /// A store on a caller-supplied redb backend (fault-injection tests wrap the file backend).
-pub fn open_backend(backend: impl StorageBackend) -> Result<Database> {
+pub fn open_backend(backend: impl StorageBackend) -> Result<Opened> {
     contain_panic("opening the store", || {
         let db = Database::builder().create_with_backend(backend)?;
         init_schema(&db)?;
-        Ok(db)
+        Ok(Opened::ready(db))
     })
 }
 
