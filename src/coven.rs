@@ -50,6 +50,15 @@ impl Coven {
     /// Opens the store at `path`, creating it (readable by its owner only) if it does not exist.
     /// A second open of the same file in one process is refused with `Conflict`.
     ///
+    /// Creation is atomic: the store is built and synced in a temporary file beside `path`,
+    /// then renamed into place with a rename that never replaces an existing file, so the path
+    /// holds either nothing or a complete store whenever a crash or power loss hits. Of two
+    /// processes creating one path at once, one store wins and the other open opens it (and
+    /// gets `Conflict` while the winner holds it). A zero-length file at `path`, which earlier
+    /// releases left when their first open was interrupted, holds no data and is replaced by a
+    /// new store the same way. A temporary file a crash left behind blocks nothing; the next
+    /// creation of the same path removes it.
+    ///
     /// A file that is not a store, is damaged, or holds a newer schema is refused with `Storage`
     /// (never a panic, even where the storage engine panics on the damage) and left
     /// byte-for-byte as it was: what opening writes (redb's repair, the schema record, the

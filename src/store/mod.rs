@@ -4,13 +4,13 @@
 pub mod check;
 pub mod codec;
 mod contain;
+mod create;
 pub mod ops;
 mod staged;
 pub mod tables;
 pub mod turns;
 pub mod writer;
 
-use std::fs::OpenOptions;
 use std::path::Path;
 
 use redb::{
@@ -24,6 +24,7 @@ use crate::model::{
     Familiar, GroupChange, GroupConversation, GroupEvent, GroupSnapshot, GroupUpdate, Session,
 };
 pub use contain::contain_panic;
+use create::{AtPath, Placement, Temporary};
 use staged::StagedWrites;
 use tables::*;
 
@@ -31,6 +32,11 @@ use tables::*;
 /// redb's own default is 1 GiB, which an embedded library would grow into as the store grows; 64
 /// MiB keeps a process's memory bounded while a hot group's pages stay cached.
 pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+
+/// How many times an open looks at the path again after another process created or replaced the
+/// file under it. Each retry means another process won a creation, so this is never reached
+/// unless something keeps creating and removing the file.
+const OPEN_ROUNDS: usize = 8;
 
 /// A store just opened. Writes to an existing file are held in memory until
 /// [`HeldWrites::confirm`] (see [`staged`]), so an open refused before that leaves the file
@@ -68,19 +74,68 @@ pub fn open_file(path: &Path) -> Result<Opened> {
 /// [`open_file`] with redb's page cache limited to `cache_bytes` ([`DEFAULT_CACHE_BYTES`] when
 /// `None`).
 ///
-/// The file is opened with its writes held until [`HeldWrites::confirm`]; a file redb cannot
-/// read, a damaged one (even one that makes redb panic) or one of a newer schema is refused with
+/// A missing path (or a zero-length file, which only an interrupted first open of an earlier
+/// release leaves) gets a new store created atomically, owner-only (see [`create`]). An existing
+/// file is opened with its writes held until [`HeldWrites::confirm`]; a file redb cannot read, a
+/// damaged one (even one that makes redb panic) or one of a newer schema is refused with
 /// `Storage` and left byte-for-byte as it was.
 pub fn open_file_with_cache(path: &Path, cache_bytes: Option<usize>) -> Result<Opened> {
-    create_private(path)?;
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .map_err(|err| {
-            Error::storage(format!("cannot open store file {}: {err}", path.display()))
-        })?;
-    open_existing(path, file, cache_bytes.unwrap_or(DEFAULT_CACHE_BYTES))
+    let cache_bytes = cache_bytes.unwrap_or(DEFAULT_CACHE_BYTES);
+    let path = &create::follow_links(path)?;
+    for _ in 0..OPEN_ROUNDS {
+        let placement = match create::at_path(path)? {
+            AtPath::Existing(file) => return open_existing(path, file, cache_bytes),
+            AtPath::Missing => None,
+            AtPath::Empty(empty) => {
+                if !create::lock_empty(&empty, path)? {
+                    return Err(Error::conflict(format!(
+                        "another open is creating the store file {} over the empty file there",
+                        path.display()
+                    )));
+                }
+                Some(empty)
+            }
+        };
+        let placement = match &placement {
+            None => Placement::IfAbsent,
+            Some(empty) => Placement::OverEmpty(empty),
+        };
+        if let Some(db) = create_new(path, placement, cache_bytes)? {
+            return Ok(Opened::ready(db));
+        }
+        // Another process created the store first: open theirs.
+    }
+    Err(Error::conflict(format!(
+        "the store file {} was created or replaced by another process {OPEN_ROUNDS} times while \
+         this open looked at it",
+        path.display()
+    )))
+}
+
+/// Builds a new store in a temporary file beside `path` and moves it into place; `None` when
+/// another process's store took the path first (this one is then discarded).
+fn create_new(
+    path: &Path,
+    placement: Placement<'_>,
+    cache_bytes: usize,
+) -> Result<Option<Database>> {
+    let (mut temporary, file) = Temporary::create(path)?;
+    // The schema's commit is durable: the file's content is synced before it takes the path.
+    let db = contain_panic("creating the store", || {
+        let db = database_builder(cache_bytes).create_file(file)?;
+        init_schema(&db)?;
+        Ok(db)
+    })?;
+    match temporary.place(path, placement)? {
+        Ok(()) => Ok(Some(db)),
+        Err(create::Lost) => {
+            contain_panic("discarding a store created in vain", || {
+                drop(db);
+                Ok(())
+            })?;
+            Ok(None)
+        }
+    }
 }
 
 /// Opens an existing store file with its writes held (see [`staged`]).
@@ -127,22 +182,6 @@ pub fn open_backend(backend: impl StorageBackend) -> Result<Opened> {
         init_schema(&db)?;
         Ok(Opened::ready(db))
     })
-}
-
-/// A new store file is readable by its owner only: conversations are private.
-fn create_private(path: &Path) -> Result<()> {
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(path) {
-        Ok(_) => Ok(()),
-        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(err) => Err(Error::storage(format!(
-            "cannot create store file {}: {err}",
-            path.display()
-        ))),
-    }
 }
 
 fn init_schema(db: &Database) -> Result<()> {
