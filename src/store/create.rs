@@ -106,16 +106,12 @@ impl Temporary {
     /// Creates an empty, owner-only file with a unique name in the store's directory, and
     /// returns it opened read-write.
     pub fn create(store: &Path) -> Result<(Self, File)> {
+        // Lossy is enough: the name only has to tell this store's temporaries from others'.
         let name = store
             .file_name()
-            .and_then(|name| name.to_str())
-            .ok_or_else(|| {
-                Error::invalid(
-                    "path",
-                    format!("{} does not end in a UTF-8 file name", store.display()),
-                )
-            })?
-            .to_owned();
+            .ok_or_else(|| Error::invalid("path", format!("{} names no file", store.display())))?
+            .to_string_lossy()
+            .into_owned();
         let dir = match store.parent() {
             Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
             _ => PathBuf::from("."),
