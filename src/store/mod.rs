@@ -122,7 +122,8 @@ fn create_new(
     let (mut temporary, file) = Temporary::create(path)?;
     // The schema's commit is durable: the file's content is synced before it takes the path.
     let db = contain_panic("creating the store", || {
-        let db = database_builder(cache_bytes).create_file(file)?;
+        let backend = FileBackend::new(file)?;
+        let db = database_builder(cache_bytes).create_with_backend(backend)?;
         init_schema(&db)?;
         Ok(db)
     })?;
