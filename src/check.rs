@@ -13,8 +13,9 @@ impl Coven {
     /// nothing streaming or running without a running turn, cursors within their head, nothing
     /// left of a deleted group. Returns every problem found (an empty list for a healthy store)
     /// with what was checked. Runs on the caller's thread beside the writer; a read error is
-    /// `Storage`.
+    /// `Storage`, and so is a damaged file that makes the storage engine panic (the panic is
+    /// contained; the store is not modified).
     pub fn check(&self) -> Result<IntegrityReport> {
-        check::verify(&self.reader()?)
+        self.read(check::verify)
     }
 }

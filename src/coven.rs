@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
-use redb::Database;
 
 use crate::adopt;
 use crate::error::{Error, Result};
@@ -51,6 +50,21 @@ pub struct Coven {
 impl Coven {
     /// Opens the store at `path`, creating it (readable by its owner only) if it does not exist.
     /// A second open of the same file in one process is refused with `Conflict`.
+    ///
+    /// Creation is atomic: the store is built and synced in a temporary file beside `path`,
+    /// then renamed into place with a rename that never replaces an existing file, so the path
+    /// holds either nothing or a complete store whenever a crash or power loss hits. Of two
+    /// processes creating one path at once, one store wins and the other open opens it (and
+    /// gets `Conflict` while the winner holds it). A zero-length file at `path`, which earlier
+    /// releases left when their first open was interrupted, holds no data and is replaced by a
+    /// new store the same way. A temporary file a crash left behind blocks nothing; the next
+    /// creation of the same path removes it.
+    ///
+    /// A file that is not a store, is damaged, or holds a newer schema is refused with `Storage`
+    /// (never a panic, even where the storage engine panics on the damage) and left
+    /// byte-for-byte as it was: what opening writes (redb's repair, the schema record, the
+    /// recovery pass) is held in memory and reaches the file only once the whole open has
+    /// succeeded.
     pub fn open(path: impl AsRef<Path>, config: Config) -> Result<Self> {
         // A refused configuration must not create (or write to) the file.
         check_config(&config)?;
@@ -80,8 +94,20 @@ impl Coven {
         Self::start(store::open_backend(backend)?, config)
     }
 
-    fn start(db: Database, config: Config) -> Result<Self> {
+    /// Starts the library's threads on an opened store. The recovery pass runs first; only when
+    /// it succeeds does anything opening wrote reach an existing file ([`store::HeldWrites`]),
+    /// so a store refused here is left as it was.
+    fn start(opened: store::Opened, config: Config) -> Result<Self> {
         check_config(&config)?;
+        // A refused store is torn down (writer stopped, database dropped) inside the guard too:
+        // redb can panic while it drops a damaged store.
+        store::contain_panic("opening the store", move || {
+            Self::start_threads(opened, config)
+        })
+    }
+
+    fn start_threads(opened: store::Opened, config: Config) -> Result<Self> {
+        let store::Opened { db, held } = opened;
         let db = Arc::new(db);
         let hub = Arc::new(Hub::new(config.stop_grace()));
         let policy = if config.durable {
@@ -94,7 +120,17 @@ impl Coven {
         // The writer holds the other reference, and is joined before the gate closes.
         let reads = ReadGate::new(db);
         // Repair whatever a previous process left running before anything else is served.
-        let recovery = writer.call(|batch| batch.recover())?;
+        // The writer can only be gone here if reading the store killed it (redb panicked outside
+        // an operation), which a damaged file does.
+        let recovery = writer
+            .call(|batch| batch.recover())
+            .map_err(|err| match err {
+                Error::Closed => Error::storage(
+                    "the recovery pass stopped while reading the store: it is damaged",
+                ),
+                other => other,
+            })?;
+        held.confirm()?;
         let fanout = Fanout::start(
             writer.clone(),
             config.max_concurrent_runs,
@@ -119,9 +155,10 @@ impl Coven {
         &self.config
     }
 
-    /// A read transaction through the gate: `Closed` once [`Coven::close`] has reached it.
-    pub(crate) fn reader(&self) -> Result<Reader> {
-        self.reads.reader()
+    /// Runs one read through the gate (`Closed` once [`Coven::close`] has reached it), with a
+    /// panic of the storage engine on a damaged file answered as `Storage`.
+    pub(crate) fn read<T>(&self, body: impl FnOnce(&Reader) -> Result<T>) -> Result<T> {
+        self.reads.read(body)
     }
 
     /// Queues one operation for the writer and waits until its batch has committed.
@@ -240,7 +277,7 @@ impl Coven {
         if self.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
-        self.reader()?.head_covering(group, after_rev)?;
+        self.read(|reader| reader.head_covering(group, after_rev))?;
         self.hub
             .subscribe(self.reads.clone(), group, after_rev, listener, origin)
     }
@@ -299,14 +336,13 @@ impl Coven {
 
     pub fn get_familiar(&self, familiar_id: &str) -> Result<Familiar> {
         validate::familiar_id("familiar_id", familiar_id)?;
-        self.reader()?
-            .familiar(familiar_id)?
+        self.read(|reader| reader.familiar(familiar_id))?
             .ok_or_else(|| Error::not_found("familiar", familiar_id))
     }
 
     /// Every registered familiar, ordered by id.
     pub fn list_familiars(&self) -> Result<Vec<Familiar>> {
-        self.reader()?.familiars()
+        self.read(|reader| reader.familiars())
     }
 
     // ---- groups ----
@@ -340,14 +376,14 @@ impl Coven {
 
     /// Every group, most recently active first.
     pub fn list_groups(&self) -> Result<Vec<GroupConversation>> {
-        self.reader()?.groups()
+        self.read(|reader| reader.groups())
     }
 
     /// The group, its whole timeline in seq order, and the rev it reflects. Safe at any time:
     /// replies still streaming come with their partial text and `streaming = true`.
     pub fn get_group(&self, group_id: &str) -> Result<GroupSnapshot> {
         let group = ids::parse("group_id", group_id)?;
-        self.reader()?.snapshot(group)
+        self.read(|reader| reader.snapshot(group))
     }
 
     /// Up to `limit` events with seq greater than `after_seq`.
@@ -359,7 +395,7 @@ impl Coven {
     ) -> Result<Vec<GroupEvent>> {
         let group = ids::parse("group_id", group_id)?;
         validate::limit(limit)?;
-        self.reader()?.events(group, after_seq, limit)
+        self.read(|reader| reader.events(group, after_seq, limit))
     }
 
     /// Up to `limit` committed changes with rev greater than `after_rev`, in rev order.
@@ -371,7 +407,7 @@ impl Coven {
     ) -> Result<Vec<GroupChange>> {
         let group = ids::parse("group_id", group_id)?;
         validate::limit(limit)?;
-        self.reader()?.changes(group, after_rev, limit)
+        self.read(|reader| reader.changes(group, after_rev, limit))
     }
 
     /// Renames the group; the rename is a system event in the timeline.
@@ -452,13 +488,13 @@ impl Coven {
 
     pub fn get_session(&self, session_id: &str) -> Result<Session> {
         let session = ids::parse("session_id", session_id)?;
-        self.reader()?.session(session)
+        self.read(|reader| reader.session(session))
     }
 
     /// Every session of a group, archived ones included.
     pub fn sessions_of(&self, group_id: &str) -> Result<Vec<Session>> {
         let group = ids::parse("group_id", group_id)?;
-        self.reader()?.sessions_of(group)
+        self.read(|reader| reader.sessions_of(group))
     }
 
     /// Hides a session from the host's lists (reversible with [`Coven::summon_session`]).
@@ -562,7 +598,7 @@ impl Coven {
     ) -> Result<Vec<GroupChange>> {
         let group = ids::parse("group_id", group_id)?;
         validate::limit(limit)?;
-        let changes = self.reader()?.changes(group, after_rev, limit)?;
+        let changes = self.read(|reader| reader.changes(group, after_rev, limit))?;
         if !changes.is_empty() {
             return Ok(changes);
         }
@@ -572,7 +608,7 @@ impl Coven {
             .hub
             .wait_beyond(&ids::to_string(group), after_rev, timeout)?
         {
-            self.reader()?.changes(group, after_rev, limit)
+            self.read(|reader| reader.changes(group, after_rev, limit))
         } else {
             Ok(Vec::new())
         }
@@ -590,7 +626,7 @@ impl Coven {
     pub fn get_cursor(&self, group_id: &str, consumer: &str) -> Result<Option<u64>> {
         let group = ids::parse("group_id", group_id)?;
         validate::consumer(consumer)?;
-        self.reader()?.cursor(group, consumer)
+        self.read(|reader| reader.cursor(group, consumer))
     }
 }
 

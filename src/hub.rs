@@ -372,8 +372,7 @@ impl Delivery {
         }
         let page = self
             .reads
-            .reader()
-            .and_then(|r| r.changes(self.group, self.delivered, BACKLOG_PAGE));
+            .read(|reader| reader.changes(self.group, self.delivered, BACKLOG_PAGE));
         match page {
             Ok(page) if page.is_empty() => Step::GoLive,
             Ok(page) => Step::Deliver(page),

@@ -3,21 +3,23 @@
 
 pub mod check;
 pub mod codec;
+mod contain;
+mod create;
 pub mod ops;
 pub mod runs;
+mod staged;
 pub mod tables;
 pub mod turns;
 pub mod writer;
 
-use std::fs::OpenOptions;
 use std::path::Path;
 use std::sync::Arc;
 
 use parking_lot::{Condvar, Mutex};
 
 use redb::{
-    backends::InMemoryBackend, Database, ReadTransaction, ReadableDatabase, ReadableTable,
-    StorageBackend,
+    backends::{FileBackend, InMemoryBackend},
+    Database, ReadTransaction, ReadableDatabase, ReadableTable, StorageBackend,
 };
 
 use crate::error::{Error, Result};
@@ -25,6 +27,9 @@ use crate::ids;
 use crate::model::{
     Familiar, GroupChange, GroupConversation, GroupEvent, GroupSnapshot, GroupUpdate, Session,
 };
+pub use contain::contain_panic;
+use create::{AtPath, Placement, Temporary};
+use staged::StagedWrites;
 use tables::*;
 
 /// redb's page cache (reads and the write buffer) for a store opened without an explicit size.
@@ -32,50 +37,156 @@ use tables::*;
 /// MiB keeps a process's memory bounded while a hot group's pages stay cached.
 pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 
+/// How many times an open looks at the path again after another process created or replaced the
+/// file under it. Each retry means another process won a creation, so this is never reached
+/// unless something keeps creating and removing the file.
+const OPEN_ROUNDS: usize = 8;
+
+/// A store just opened. Writes to an existing file are held in memory until
+/// [`HeldWrites::confirm`] (see [`staged`]), so an open refused before that leaves the file
+/// exactly as it was.
+pub struct Opened {
+    pub db: Database,
+    pub held: HeldWrites,
+}
+
+impl Opened {
+    fn ready(db: Database) -> Self {
+        Self {
+            db,
+            held: HeldWrites(None),
+        }
+    }
+}
+
+/// What opening an existing file wrote, not yet on the file.
+pub struct HeldWrites(Option<StagedWrites>);
+
+impl HeldWrites {
+    /// Puts what opening wrote on the file; from then on writes go straight to it. Call it once
+    /// everything that belongs to opening (the recovery pass included) has succeeded.
+    pub fn confirm(self) -> Result<()> {
+        self.0.map_or(Ok(()), |staged| staged.persist())
+    }
+}
+
 /// Opens (creating if needed) a store file and brings its schema up to date.
-pub fn open_file(path: &Path) -> Result<Database> {
+pub fn open_file(path: &Path) -> Result<Opened> {
     open_file_with_cache(path, None)
 }
 
 /// [`open_file`] with redb's page cache limited to `cache_bytes` ([`DEFAULT_CACHE_BYTES`] when
 /// `None`).
-pub fn open_file_with_cache(path: &Path, cache_bytes: Option<usize>) -> Result<Database> {
-    create_private(path)?;
+///
+/// A missing path (or a zero-length file, which only an interrupted first open of an earlier
+/// release leaves) gets a new store created atomically, owner-only (see [`create`]). An existing
+/// file is opened with its writes held until [`HeldWrites::confirm`]; a file redb cannot read, a
+/// damaged one (even one that makes redb panic) or one of a newer schema is refused with
+/// `Storage` and left byte-for-byte as it was.
+pub fn open_file_with_cache(path: &Path, cache_bytes: Option<usize>) -> Result<Opened> {
+    let cache_bytes = cache_bytes.unwrap_or(DEFAULT_CACHE_BYTES);
+    let path = &create::follow_links(path)?;
+    for _ in 0..OPEN_ROUNDS {
+        let placement = match create::at_path(path)? {
+            AtPath::Existing(file) => return open_existing(path, file, cache_bytes),
+            AtPath::Missing => None,
+            AtPath::Empty(empty) => {
+                if !create::lock_empty(&empty, path)? {
+                    return Err(Error::conflict(format!(
+                        "another open is creating the store file {} over the empty file there",
+                        path.display()
+                    )));
+                }
+                Some(empty)
+            }
+        };
+        let placement = match &placement {
+            None => Placement::IfAbsent,
+            Some(empty) => Placement::OverEmpty(empty),
+        };
+        if let Some(db) = create_new(path, placement, cache_bytes)? {
+            return Ok(Opened::ready(db));
+        }
+        // Another process created the store first: open theirs.
+    }
+    Err(Error::conflict(format!(
+        "the store file {} was created or replaced by another process {OPEN_ROUNDS} times while \
+         this open looked at it",
+        path.display()
+    )))
+}
+
+/// Builds a new store in a temporary file beside `path` and moves it into place; `None` when
+/// another process's store took the path first (this one is then discarded).
+fn create_new(
+    path: &Path,
+    placement: Placement<'_>,
+    cache_bytes: usize,
+) -> Result<Option<Database>> {
+    let (mut temporary, file) = Temporary::create(path)?;
+    // The schema's commit is durable: the file's content is synced before it takes the path.
+    let db = contain_panic("creating the store", || {
+        let backend = FileBackend::new(file)?;
+        let db = database_builder(cache_bytes).create_with_backend(backend)?;
+        init_schema(&db)?;
+        Ok(db)
+    })?;
+    match temporary.place(path, placement)? {
+        Ok(()) => Ok(Some(db)),
+        Err(create::Lost) => {
+            contain_panic("discarding a store created in vain", || {
+                drop(db);
+                Ok(())
+            })?;
+            Ok(None)
+        }
+    }
+}
+
+/// Opens an existing store file with its writes held (see [`staged`]).
+fn open_existing(path: &Path, file: std::fs::File, cache_bytes: usize) -> Result<Opened> {
+    let refused = |err: Error| match err {
+        Error::Storage { reason } => Error::storage(format!(
+            "cannot open store file {}: {reason} (the file is left as it was)",
+            path.display()
+        )),
+        other => other,
+    };
+    let (backend, staged) = staged::staged(FileBackend::new(file).map_err(Error::from)?);
+    // A refused open drops the database inside the guard: its shutdown writes are held too, and
+    // go nowhere.
+    let db = contain_panic("opening the store", || {
+        let db = database_builder(cache_bytes).create_with_backend(backend)?;
+        init_schema(&db)?;
+        Ok(db)
+    })
+    .map_err(refused)?;
+    Ok(Opened {
+        db,
+        held: HeldWrites(Some(staged)),
+    })
+}
+
+fn database_builder(cache_bytes: usize) -> redb::Builder {
     let mut builder = Database::builder();
-    builder.set_cache_size(cache_bytes.unwrap_or(DEFAULT_CACHE_BYTES));
-    let db = builder.create(path)?;
-    init_schema(&db)?;
-    Ok(db)
+    builder.set_cache_size(cache_bytes);
+    builder
 }
 
 /// A store that lives in memory and vanishes with its handle.
-pub fn open_memory() -> Result<Database> {
+pub fn open_memory() -> Result<Opened> {
     let db = Database::builder().create_with_backend(InMemoryBackend::new())?;
     init_schema(&db)?;
-    Ok(db)
+    Ok(Opened::ready(db))
 }
 
 /// A store on a caller-supplied redb backend (fault-injection tests wrap the file backend).
-pub fn open_backend(backend: impl StorageBackend) -> Result<Database> {
-    let db = Database::builder().create_with_backend(backend)?;
-    init_schema(&db)?;
-    Ok(db)
-}
-
-/// A new store file is readable by its owner only: conversations are private.
-fn create_private(path: &Path) -> Result<()> {
-    let mut options = OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    match options.open(path) {
-        Ok(_) => Ok(()),
-        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(err) => Err(Error::storage(format!(
-            "cannot create store file {}: {err}",
-            path.display()
-        ))),
-    }
+pub fn open_backend(backend: impl StorageBackend) -> Result<Opened> {
+    contain_panic("opening the store", || {
+        let db = Database::builder().create_with_backend(backend)?;
+        init_schema(&db)?;
+        Ok(Opened::ready(db))
+    })
 }
 
 fn init_schema(db: &Database) -> Result<()> {
@@ -145,8 +256,14 @@ impl ReadGate {
         })
     }
 
+    /// Runs `body` on a consistent view as of the latest commit; `Closed` once the gate is
+    /// closed. A panic of redb inside (a damaged file, see [`contain_panic`]) answers `Storage`.
+    pub fn read<T>(self: &Arc<Self>, body: impl FnOnce(&Reader) -> Result<T>) -> Result<T> {
+        contain_panic("reading the store", || body(&self.reader()?))
+    }
+
     /// A consistent view as of the latest commit; `Closed` once the gate is closed.
-    pub fn reader(self: &Arc<Self>) -> Result<Reader> {
+    fn reader(self: &Arc<Self>) -> Result<Reader> {
         let mut state = self.state.lock();
         let db = state.db.as_ref().ok_or(Error::Closed)?;
         // Begun under the lock (it only registers the read with redb), so a read either starts

@@ -17,6 +17,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use redb::{Database, Durability, Table, WriteTransaction};
 
 use super::codec;
+use super::contain_panic;
 use super::tables::*;
 use crate::error::{Error, Result};
 use crate::hub::Hub;
@@ -609,7 +610,9 @@ fn commit_batch(
         }
     };
     let mut completions = Vec::with_capacity(queued.len());
-    let (outcome, published) = match Batch::open(&txn) {
+    // redb panics on some damaged pages instead of answering an error: contained, the batch is
+    // refused as `Storage` and the writer lives on.
+    let (outcome, published) = match contain_panic("opening the tables", || Batch::open(&txn)) {
         Ok(mut batch) => {
             batch.live = std::mem::take(live);
             for item in queued.drain(..) {
@@ -647,13 +650,15 @@ fn commit_batch(
     let committed = match outcome {
         // Only refusals: leave the file exactly as it was.
         Ok(false) => txn.abort().map_err(Error::from),
-        Ok(true) => txn.commit().map_err(Error::from).inspect(|()| {
-            commit = if durable {
-                Commit::Durable
-            } else {
-                Commit::NotDurable
-            };
-        }),
+        Ok(true) => {
+            contain_panic("committing", || txn.commit().map_err(Error::from)).inspect(|()| {
+                commit = if durable {
+                    Commit::Durable
+                } else {
+                    Commit::NotDurable
+                };
+            })
+        }
         Err(err) => {
             let _ = txn.abort();
             Err(err)
