@@ -5,6 +5,8 @@
 //! change carries a group-scoped `rev`, so every device and view reconstructs the same transcript.
 //! All writes go through one group-committing writer thread; reads run on the caller's thread.
 //!
+//! The design (vocabulary, invariants, threads, storage): `docs/design.md`.
+//!
 //! ```no_run
 //! use coven_group::{Config, Coven, Familiar};
 //!
