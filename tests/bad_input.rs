@@ -1224,10 +1224,17 @@ fn exported_operations() -> BTreeSet<String> {
                 if line.trim() != "#[uniffi::export]" || lines.peek() != Some(&"impl Coven {") {
                     continue;
                 }
+                // A method exported under another name (`#[uniffi::method(name = "...")]`) is
+                // the bindings' entry to the same checks as the Rust method of that name.
+                let mut rename = None;
                 for line in lines.by_ref().take_while(|line| *line != "}") {
+                    if let Some(rest) = line.trim_start().strip_prefix("#[uniffi::method(name = \"")
+                    {
+                        rename = rest.split('"').next().map(str::to_owned);
+                    }
                     if let Some(rest) = line.trim_start().strip_prefix("pub fn ") {
                         let end = rest.find(['(', '<']).unwrap();
-                        names.insert(rest[..end].to_owned());
+                        names.insert(rename.take().unwrap_or_else(|| rest[..end].to_owned()));
                     }
                 }
             }
