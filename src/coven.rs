@@ -123,7 +123,7 @@ impl Coven {
         // The writer can only be gone here if reading the store killed it (redb panicked outside
         // an operation), which a damaged file does.
         let recovery = writer
-            .call(|batch| batch.recover())
+            .call(|batch| batch.recover(harness::process::stop_leftovers))
             .map_err(|err| match err {
                 Error::Closed => Error::storage(
                     "the recovery pass stopped while reading the store: it is damaged",

@@ -21,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::host::{self, HostRef, HostThread, Origin};
 use crate::ids;
 use crate::model::{GroupChange, GroupUpdate};
+use crate::store::writer::Publish;
 use crate::store::ReadGate;
 
 /// Changes a subscription may hold undelivered before it falls back to reading the store.
@@ -94,6 +95,12 @@ pub struct Hub {
     threads: Mutex<HashMap<u64, HostThread>>,
     /// How long stopping a subscription waits for a listener call in progress.
     stop_grace: Duration,
+}
+
+impl Publish for Hub {
+    fn publish(&self, changes: Vec<GroupChange>) {
+        Hub::publish(self, changes);
+    }
 }
 
 impl Hub {

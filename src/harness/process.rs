@@ -26,16 +26,7 @@ use crate::ids;
 /// behind from an unrelated one that has since been given the same pid or process group.
 pub const RUN_MARKER_ENV: &str = "COVEN_RUN";
 
-/// One run's process group, as recorded in the store while the run lasts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProcessRun {
-    /// The run's id, in every process of the run as [`RUN_MARKER_ENV`].
-    pub marker: u128,
-    /// The process group (the pid of the process the run started).
-    pub pgid: i32,
-    /// The kernel's boot id when the run started (empty where the system has none).
-    pub boot_id: String,
-}
+pub use crate::store::runs::ProcessRun;
 
 impl ProcessRun {
     /// A fresh run id, before its process is started.

@@ -8,7 +8,17 @@ use redb::ReadableTable;
 
 use super::writer::{Batch, WriterHandle};
 use crate::error::Result;
-use crate::harness::process::{self, ProcessRun};
+
+/// One run's process group, as recorded in the store while the run lasts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessRun {
+    /// The run's id, in the environment of every process of the run.
+    pub marker: u128,
+    /// The process group (the pid of the process the run started).
+    pub pgid: i32,
+    /// The kernel's boot id when the run started (empty where the system has none).
+    pub boot_id: String,
+}
 
 /// Records a started run and waits until the record is committed (durable when the store is).
 /// Every run is recorded through this one function.
@@ -55,7 +65,10 @@ impl Batch<'_> {
     /// many processes were killed. The kill happens inside the recovery batch, before anything
     /// else is served; it is idempotent, so if the batch does not commit the next open finds the
     /// records again and kills whatever is still there.
-    pub fn stop_recorded_runs(&mut self) -> Result<u64> {
+    pub fn stop_recorded_runs(
+        &mut self,
+        stop_leftovers: impl FnOnce(&[ProcessRun]) -> u64,
+    ) -> Result<u64> {
         let mut runs = Vec::new();
         for entry in self.process_runs.iter()? {
             let (marker, value) = entry?;
@@ -69,7 +82,7 @@ impl Batch<'_> {
         if runs.is_empty() {
             return Ok(0);
         }
-        let stopped = process::stop_leftovers(&runs);
+        let stopped = stop_leftovers(&runs);
         self.process_runs.retain(|_, _| false)?;
         Ok(stopped)
     }

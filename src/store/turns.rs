@@ -209,9 +209,12 @@ impl<'txn> Batch<'txn> {
     /// Repairs what a crash left running: processes of unfinished harness runs are stopped,
     /// replies still streaming become interrupted (text kept), members that never answered get
     /// an interrupted marker, running sessions become failed, and every turn lock is released.
-    pub fn recover(&mut self) -> Result<Recovery> {
+    pub fn recover(
+        &mut self,
+        stop_leftovers: impl FnOnce(&[super::runs::ProcessRun]) -> u64,
+    ) -> Result<Recovery> {
         let mut report = Recovery {
-            stopped_processes: self.stop_recorded_runs()?,
+            stopped_processes: self.stop_recorded_runs(stop_leftovers)?,
             ..Recovery::default()
         };
         let mut turns = Vec::new();

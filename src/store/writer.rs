@@ -20,7 +20,6 @@ use super::codec;
 use super::contain_panic;
 use super::tables::*;
 use crate::error::{Error, Result};
-use crate::hub::Hub;
 use crate::ids;
 use crate::model::{GroupChange, GroupUpdate};
 
@@ -426,6 +425,12 @@ pub enum SyncPolicy {
     Within(Duration),
 }
 
+/// Where the writer hands each commit's changes, in rev order, once the commit is made
+/// (invariant 2, save then publish). The hub implements it; the store knows nothing above itself.
+pub trait Publish: Send + Sync {
+    fn publish(&self, changes: Vec<GroupChange>);
+}
+
 /// The writer thread.
 pub struct Writer {
     handle: WriterHandle,
@@ -433,7 +438,7 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(db: Arc<Database>, policy: SyncPolicy, hub: Arc<Hub>) -> Result<Self> {
+    pub fn start(db: Arc<Database>, policy: SyncPolicy, hub: Arc<dyn Publish>) -> Result<Self> {
         let (commands, receiver) = crossbeam_channel::bounded(QUEUE_CAPACITY);
         let (alive, exited) = crossbeam_channel::bounded::<Infallible>(0);
         let thread = std::thread::Builder::new()
@@ -441,7 +446,7 @@ impl Writer {
             .spawn(move || {
                 // Dropped when this thread ends, even by a panic: that is the exit signal.
                 let _alive = alive;
-                run(&db, policy, &hub, receiver);
+                run(&db, policy, hub.as_ref(), receiver);
             })
             .map_err(|err| Error::storage(format!("cannot start the writer thread: {err}")))?;
         Ok(Self {
@@ -470,7 +475,7 @@ impl Drop for Writer {
     }
 }
 
-fn run(db: &Database, policy: SyncPolicy, hub: &Hub, receiver: Receiver<Command>) {
+fn run(db: &Database, policy: SyncPolicy, hub: &dyn Publish, receiver: Receiver<Command>) {
     serve(db, policy, hub, &receiver);
     // Queued behind the shutdown: never applied. Their callers would be woken by the exit
     // anyway; answering them here also frees what they hold.
@@ -531,7 +536,7 @@ impl Unsynced {
     }
 }
 
-fn serve(db: &Database, policy: SyncPolicy, hub: &Hub, receiver: &Receiver<Command>) {
+fn serve(db: &Database, policy: SyncPolicy, hub: &dyn Publish, receiver: &Receiver<Command>) {
     let mut queued: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
     let mut live = LiveReplies::default();
     let mut unsynced = Unsynced::new(policy);
@@ -598,7 +603,7 @@ fn reject_all(queued: &mut Vec<Queued>, err: &Error) {
 fn commit_batch(
     db: &Database,
     durable: bool,
-    hub: &Hub,
+    hub: &dyn Publish,
     queued: &mut Vec<Queued>,
     live: &mut LiveReplies,
 ) -> Commit {
@@ -727,6 +732,13 @@ mod tests {
         }
     }
 
+    /// Publishes nowhere: these tests read the store.
+    struct Discard;
+
+    impl Publish for Discard {
+        fn publish(&self, _changes: Vec<GroupChange>) {}
+    }
+
     fn start(policy: SyncPolicy) -> (Writer, Arc<AtomicU64>) {
         let syncs = Arc::new(AtomicU64::new(0));
         let backend = CountingBackend {
@@ -734,12 +746,7 @@ mod tests {
             syncs: syncs.clone(),
         };
         let db = Database::builder().create_with_backend(backend).unwrap();
-        let writer = Writer::start(
-            Arc::new(db),
-            policy,
-            Arc::new(Hub::new(Duration::from_secs(5))),
-        )
-        .unwrap();
+        let writer = Writer::start(Arc::new(db), policy, Arc::new(Discard)).unwrap();
         (writer, syncs)
     }
 
