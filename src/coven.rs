@@ -2,20 +2,20 @@
 //! thread, then either read in a read transaction or queue one operation for the writer and wait
 //! for its commit.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 
 use crate::adopt;
 use crate::error::{Error, Result};
 use crate::fanout::Fanout;
 use crate::guard;
-use crate::harness::{self, Harness, RegisteredHarness};
-use crate::host::{HostRef, Origin};
+use crate::harness::registry::Harnesses;
+use crate::harness::{self, Harness};
+use crate::host::Origin;
 use crate::hub::{GroupListener, Hub, Subscription};
 use crate::ids;
 use crate::model::{
@@ -27,9 +27,6 @@ use crate::store::writer::{Batch, SyncPolicy, Writer, WriterHandle};
 use crate::store::{self, ReadGate, Reader};
 use crate::validate;
 
-/// Harness kinds built into the library.
-pub const BUILTIN_HARNESSES: [&str; 4] = ["scripted", "command", "claude", "codex"];
-
 /// An open store. `Send + Sync`: share it behind an `Arc` and call it from any thread.
 #[derive(uniffi::Object)]
 pub struct Coven {
@@ -40,7 +37,7 @@ pub struct Coven {
     writer_thread: Mutex<Option<Writer>>,
     fanout: Fanout,
     /// Every harness by kind name: the built-ins, then whatever the host registers.
-    harnesses: RwLock<HashMap<String, RegisteredHarness>>,
+    harnesses: Harnesses,
     hub: Arc<Hub>,
     config: Config,
     recovery: Recovery,
@@ -142,7 +139,7 @@ impl Coven {
             writer,
             writer_thread: Mutex::new(Some(writer_thread)),
             fanout,
-            harnesses: RwLock::new(builtin_harnesses(&config)),
+            harnesses: Harnesses::new(&config),
             hub,
             config,
             recovery,
@@ -167,60 +164,17 @@ impl Coven {
         T: Send + 'static,
         F: FnOnce(&mut Batch<'_>) -> Result<T> + Send + 'static,
     {
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(Error::Closed);
-        }
+        self.ensure_open()?;
         self.writer.call(op)
     }
 
-    /// `Closed` once [`Coven::close`] ran, for calls that reach neither the store nor the
-    /// writer (which answer `Closed` by themselves).
+    /// `Closed` once [`Coven::close`] ran: the one check of it (the read gate and the writer
+    /// also answer `Closed` to calls that race the close).
     fn ensure_open(&self) -> Result<()> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
         Ok(())
-    }
-
-    fn check_harness(&self, familiar: &Familiar) -> Result<()> {
-        let harnesses = self.harnesses.read();
-        if !harnesses.contains_key(&familiar.harness) {
-            let mut known: Vec<&str> = harnesses.keys().map(String::as_str).collect();
-            known.sort_unstable();
-            return Err(Error::invalid(
-                "familiar.harness",
-                format!(
-                    "unknown harness kind {:?}; known kinds: {}",
-                    familiar.harness,
-                    known.join(", ")
-                ),
-            ));
-        }
-        drop(harnesses);
-        match (familiar.harness.as_str(), familiar.argv.first()) {
-            ("command", None) => Err(Error::invalid(
-                "familiar.argv",
-                "the command harness needs a program to run",
-            )),
-            ("command", Some(program)) if !self.config.allowed_programs.contains(program) => {
-                Err(Error::invalid(
-                    "familiar.argv",
-                    format!(
-                        "program {program:?} is not allowlisted (Config::allowed_programs: [{}])",
-                        self.config.allowed_programs.join(", ")
-                    ),
-                ))
-            }
-            ("command", Some(_)) => Ok(()),
-            (_, Some(_)) => Err(Error::invalid(
-                "familiar.argv",
-                format!(
-                    "only the command harness takes argv, not {:?}",
-                    familiar.harness
-                ),
-            )),
-            (_, None) => Ok(()),
-        }
     }
 }
 
@@ -253,16 +207,9 @@ impl Coven {
         harness: Arc<dyn Harness>,
         origin: Origin,
     ) -> Result<()> {
-        validate::familiar_id("name", name)?;
-        if BUILTIN_HARNESSES.contains(&name) {
-            return Err(Error::conflict(format!(
-                "{name:?} is a built-in harness kind and cannot be replaced"
-            )));
-        }
+        Harnesses::check_name(name)?;
         self.ensure_open()?;
-        self.harnesses
-            .write()
-            .insert(name.to_owned(), HostRef::new(harness, origin));
+        self.harnesses.insert(name, harness, origin);
         Ok(())
     }
 
@@ -274,9 +221,7 @@ impl Coven {
         origin: Origin,
     ) -> Result<Arc<Subscription>> {
         let group = ids::parse("group_id", group_id)?;
-        if self.closed.load(Ordering::SeqCst) {
-            return Err(Error::Closed);
-        }
+        self.ensure_open()?;
         self.read(|reader| reader.head_covering(group, after_rev))?;
         self.hub
             .subscribe(self.reads.clone(), group, after_rev, listener, origin)
@@ -330,7 +275,7 @@ impl Coven {
     /// Registers a familiar, or updates one registered with the same harness.
     pub fn register_familiar(&self, familiar: Familiar) -> Result<Familiar> {
         validate::familiar(&familiar)?;
-        self.check_harness(&familiar)?;
+        self.harnesses.check_familiar(&familiar)?;
         self.write(move |batch| batch.register_familiar(familiar))
     }
 
@@ -531,15 +476,7 @@ impl Coven {
             turn_id: ids::to_string(turn),
             user_event: start.user_event.clone(),
         };
-        let harnesses = self.harnesses.read().clone();
-        self.fanout.dispatch(turn, group, start, |familiar| {
-            harnesses.get(&familiar.harness).cloned().ok_or_else(|| {
-                format!(
-                    "harness {:?} is not registered in this process",
-                    familiar.harness
-                )
-            })
-        });
+        self.fanout.dispatch(turn, group, start, &self.harnesses);
         Ok(handle)
     }
 
@@ -598,20 +535,8 @@ impl Coven {
     ) -> Result<Vec<GroupChange>> {
         let group = ids::parse("group_id", group_id)?;
         validate::limit(limit)?;
-        let changes = self.read(|reader| reader.changes(group, after_rev, limit))?;
-        if !changes.is_empty() {
-            return Ok(changes);
-        }
-        // Publishing follows the commit, so a change committed after the read above is either
-        // already recorded in the hub (no wait) or wakes this wait.
-        if self
-            .hub
-            .wait_beyond(&ids::to_string(group), after_rev, timeout)?
-        {
-            self.read(|reader| reader.changes(group, after_rev, limit))
-        } else {
-            Ok(Vec::new())
-        }
+        self.hub
+            .wait_for_changes(&self.reads, group, after_rev, limit, timeout)
     }
 
     /// Durably records the rev a named consumer (a device, a view) has processed.
@@ -651,22 +576,6 @@ fn check_config(config: &Config) -> Result<()> {
         ));
     }
     Ok(())
-}
-
-fn builtin_harnesses(config: &Config) -> HashMap<String, RegisteredHarness> {
-    let scripted = harness::scripted::Scripted {
-        delay: Duration::from_millis(config.scripted_delay_ms),
-    };
-    let builtins: [(&str, Arc<dyn Harness>); 4] = [
-        ("scripted", Arc::new(scripted)),
-        ("command", Arc::new(harness::pty::Pty)),
-        ("claude", Arc::new(harness::claude::Claude)),
-        ("codex", Arc::new(harness::codex::Codex)),
-    ];
-    builtins
-        .into_iter()
-        .map(|(name, harness)| (name.to_owned(), HostRef::new(harness, Origin::Rust)))
-        .collect()
 }
 
 impl Drop for Coven {

@@ -12,18 +12,16 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
-use crate::guard;
+use crate::harness::registry::{Harnesses, Resolved};
 use crate::harness::{roster_prompt, Cancel, RegisteredHarness, ReplySink, TurnRequest};
 use crate::host::{self, Unreturned};
 use crate::ids;
-use crate::model::{Familiar, GroupConversation, ReplyError, ReplyErrorKind};
+use crate::model::{Familiar, ReplyError, ReplyErrorKind};
 use crate::store::turns::{ReplyEnd, TurnStart};
 use crate::store::writer::{ReplyKey, WriterHandle};
 
 /// How many finished turn ids `wait_turn` still recognizes.
 const FINISHED_TURNS_KEPT: usize = 4096;
-/// Harness kinds that start processes and so need a checked working directory.
-const PROCESS_HARNESSES: [&str; 3] = ["command", "claude", "codex"];
 
 /// One running turn as seen by this process.
 pub struct TurnControl {
@@ -146,13 +144,7 @@ impl Fanout {
     }
 
     /// Queues one job per member of a committed turn.
-    pub fn dispatch(
-        &self,
-        turn: u128,
-        group: u128,
-        start: TurnStart,
-        resolve: impl Fn(&Familiar) -> std::result::Result<RegisteredHarness, String>,
-    ) {
+    pub fn dispatch(&self, turn: u128, group: u128, start: TurnStart, harnesses: &Harnesses) {
         let TurnStart {
             user_event,
             group: record,
@@ -177,8 +169,8 @@ impl Fanout {
                 .filter(|other| other.id != familiar.id)
                 .cloned()
                 .collect();
-            let run = member_cwd(&record, &familiar).and_then(|cwd| {
-                let harness = resolve(&familiar)?;
+            let run = harnesses.resolve(&record, &familiar).map(|resolved| {
+                let Resolved { harness, cwd } = resolved;
                 let request = TurnRequest {
                     group_id: record.id.clone(),
                     session_id: session.id.clone(),
@@ -195,7 +187,7 @@ impl Fanout {
                     resume_token: session.resume_token.clone(),
                     familiar: familiar.clone(),
                 };
-                Ok((request, harness))
+                (request, harness)
             });
             slots.push(Arc::new(JobSlot(Mutex::new(Some(MemberJob {
                 key: ReplyKey {
@@ -477,35 +469,5 @@ fn cancelled() -> ReplyError {
     ReplyError {
         kind: ReplyErrorKind::Cancelled,
         message: "the turn was cancelled".to_owned(),
-    }
-}
-
-/// The checked working directory of a member's run. Process harnesses need one: inside the
-/// group's project root, or the familiar's own absolute cwd when the group has no root.
-fn member_cwd(
-    group: &GroupConversation,
-    familiar: &Familiar,
-) -> std::result::Result<Option<String>, String> {
-    let needs_cwd = PROCESS_HARNESSES.contains(&familiar.harness.as_str());
-    let resolved = match (&group.project_root, &familiar.cwd) {
-        (Some(root), cwd) => guard::resolve_cwd(root, cwd.as_deref()).map(Some),
-        (None, Some(cwd)) if std::path::Path::new(cwd).is_absolute() => {
-            guard::canonical_root(cwd).map(|dir| Some(dir.into()))
-        }
-        (None, Some(cwd)) => Err(Error::invalid(
-            "cwd",
-            format!("{cwd:?} is relative but the group has no project root"),
-        )),
-        (None, None) if needs_cwd => Err(Error::invalid(
-            "cwd",
-            "the group has no project root and the familiar names no cwd; a process harness needs one",
-        )),
-        (None, None) => Ok(None),
-    };
-    match resolved {
-        Ok(path) => Ok(path.map(|p: std::path::PathBuf| p.to_string_lossy().into_owned())),
-        Err(err) if needs_cwd => Err(err.to_string()),
-        // In-process harnesses only see the cwd as information.
-        Err(_) => Ok(None),
     }
 }

@@ -145,9 +145,32 @@ impl Hub {
         }
     }
 
+    /// Long-poll: the changes after `after_rev` (up to `limit`) as soon as there are any, or an
+    /// empty page once `timeout` passes. Woken by a publish, never by polling.
+    pub fn wait_for_changes(
+        &self,
+        reads: &Arc<ReadGate>,
+        group: u128,
+        after_rev: u64,
+        limit: u32,
+        timeout: Duration,
+    ) -> Result<Vec<GroupChange>> {
+        let changes = reads.read(|reader| reader.changes(group, after_rev, limit))?;
+        if !changes.is_empty() {
+            return Ok(changes);
+        }
+        // Publishing follows the commit, so a change committed after the read above is either
+        // already recorded here (no wait) or wakes this wait.
+        if self.wait_beyond(&ids::to_string(group), after_rev, timeout)? {
+            reads.read(|reader| reader.changes(group, after_rev, limit))
+        } else {
+            Ok(Vec::new())
+        }
+    }
+
     /// Blocks until the group has a published rev beyond `after_rev`, or the deadline passes.
     /// Returns whether such a rev was published; `Closed` when the store closes meanwhile.
-    pub fn wait_beyond(&self, group_id: &str, after_rev: u64, timeout: Duration) -> Result<bool> {
+    fn wait_beyond(&self, group_id: &str, after_rev: u64, timeout: Duration) -> Result<bool> {
         let deadline = Instant::now() + timeout;
         let mut state = self.state.lock();
         loop {

@@ -40,8 +40,9 @@ mod store;
 mod validate;
 
 pub use adopt::MERGE_WINDOW as ADOPT_MERGE_WINDOW;
-pub use coven::{Coven, BUILTIN_HARNESSES};
+pub use coven::Coven;
 pub use error::{Error, Result};
+pub use harness::registry::BUILTIN_HARNESSES;
 pub use harness::{Harness, ReplySink, TurnRequest, MAX_REPLY_BYTES};
 pub use hub::{GroupListener, Subscription, SUBSCRIPTION_QUEUE_LIMIT};
 pub use model::*;

@@ -11,6 +11,7 @@ pub(crate) mod codex;
 pub(crate) mod jsonl;
 pub(crate) mod process;
 pub(crate) mod pty;
+pub(crate) mod registry;
 pub(crate) mod scripted;
 pub(crate) mod terminal;
 
