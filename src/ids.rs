@@ -25,6 +25,15 @@ pub(crate) fn parse(field: &str, text: &str) -> Result<u128> {
         .map_err(|_| Error::invalid(field, format!("{text:?} is not a UUID")))
 }
 
+/// Parses an id the store itself wrote. A failure means the stored value is corrupt: `Storage`,
+/// which aborts the writer's whole batch, never `InvalidInput`, which would refuse only the one
+/// operation and let whatever it wrote before commit.
+pub(crate) fn parse_stored(what: &str, text: &str) -> Result<u128> {
+    Uuid::parse_str(text)
+        .map(|id| id.as_u128())
+        .map_err(|_| Error::storage(format!("corrupt store: {what} {text:?} is not a UUID")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -90,7 +90,7 @@ impl<'txn> Batch<'txn> {
     }
 
     pub fn store_session(&mut self, session: &Session) -> Result<()> {
-        let key = ids::parse("session_id", &session.id)?;
+        let key = ids::parse_stored("session id", &session.id)?;
         self.sessions
             .insert(key, codec::encode(session)?.as_slice())?;
         Ok(())
@@ -296,7 +296,8 @@ impl<'txn> Batch<'txn> {
             }
         }
         let member = record.members.remove(position);
-        let mut session = self.session(ids::parse("session_id", &member.session_id)?)?;
+        let mut session =
+            self.session(ids::parse_stored("member session id", &member.session_id)?)?;
         let display_name = self
             .familiar(&familiar_id)
             .map(|f| f.display_name)
@@ -361,7 +362,7 @@ impl<'txn> Batch<'txn> {
         if record.archived == archived {
             return Ok(record);
         }
-        let group = ids::parse("group_id", &record.group_id)?;
+        let group = ids::parse_stored("session group id", &record.group_id)?;
         record.archived = archived;
         record.updated_at = self.now;
         self.store_session(&record)?;
@@ -376,7 +377,7 @@ impl<'txn> Batch<'txn> {
 
     pub fn sacrifice_session(&mut self, session: u128) -> Result<()> {
         let record = self.session(session)?;
-        let group = ids::parse("group_id", &record.group_id)?;
+        let group = ids::parse_stored("session group id", &record.group_id)?;
         if record.status == SessionStatus::Running {
             return Err(Error::conflict(format!(
                 "session {} is running; cancel its turn before sacrificing it",

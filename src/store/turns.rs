@@ -42,7 +42,7 @@ impl<'txn> Batch<'txn> {
     }
 
     fn set_status(&mut self, session: &mut Session, status: SessionStatus) -> Result<()> {
-        let group = ids::parse("session.group_id", &session.group_id)?;
+        let group = ids::parse_stored("session group id", &session.group_id)?;
         session.status = status;
         session.updated_at = self.now;
         self.store_session(session)?;
@@ -73,7 +73,8 @@ impl<'txn> Batch<'txn> {
         let mut members = Vec::with_capacity(record.members.len());
         for member in &record.members {
             let familiar = self.familiar(&member.familiar_id)?;
-            let session = self.session(ids::parse("session_id", &member.session_id)?)?;
+            let session =
+                self.session(ids::parse_stored("member session id", &member.session_id)?)?;
             members.push((familiar, session));
         }
         let user_event = self.append(
