@@ -11,6 +11,9 @@ use common::*;
 
 const SESSIONS: TableDefinition<u128, &[u8]> = TableDefinition::new("sessions");
 
+/// A named call whose value the test does not need.
+type Call<'a> = (&'static str, Box<dyn Fn() -> Result<(), Error> + 'a>);
+
 /// Overwrites, in the stored record of `session`, every occurrence of `text` with as many `z`s:
 /// the value still decodes, but the id it held is no UUID any more.
 fn corrupt_session(path: &std::path::Path, session: &str, text: &str) {
@@ -73,7 +76,7 @@ fn an_operation_reading_a_corrupt_id_commits_nothing() {
 
     // `send` marks every member running: ada's session is written before bo's record, with its
     // corrupt group id, is met. Nothing of it may commit.
-    let calls: Vec<(&str, Box<dyn Fn() -> Result<(), Error>>)> = vec![
+    let calls: Vec<Call> = vec![
         (
             "send",
             Box::new(|| store.coven.send(&group.id, "hi".into(), None).map(drop)),
