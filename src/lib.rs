@@ -23,6 +23,9 @@
 //! # Ok::<(), coven_group::Error>(())
 //! ```
 
+// The library never writes to the host's terminal: it reports through return values and logs.
+#![deny(clippy::print_stdout, clippy::print_stderr)]
+
 mod adopt;
 mod check;
 mod coven;

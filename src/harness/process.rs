@@ -549,8 +549,8 @@ mod leftovers {
         if run_marker(pid) != Some(marker) || process_group(pid) != Some(pgid) {
             return None;
         }
-        // SAFETY: plain system calls on integers; the pidfd is open for the call's duration.
         let sent = match &pinned {
+            // SAFETY: a plain system call on integers; the pidfd stays open for its duration.
             Some(fd) => unsafe {
                 libc::syscall(
                     libc::SYS_pidfd_send_signal,
@@ -560,6 +560,7 @@ mod leftovers {
                     0,
                 ) == 0
             },
+            // SAFETY: a plain system call on integers, with no memory effect.
             None => unsafe { libc::kill(pid, libc::SIGKILL) == 0 },
         };
         sent.then_some(pinned)
