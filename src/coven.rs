@@ -22,8 +22,9 @@ use crate::model::{
     AdoptedMember, Config, Familiar, GroupChange, GroupConversation, GroupEvent, GroupSnapshot,
     Recovery, Session, TurnHandle,
 };
+use crate::store::batch::Batch;
 use crate::store::ops::{NewEvent, NewGroup};
-use crate::store::writer::{Batch, SyncPolicy, Writer, WriterHandle};
+use crate::store::writer::{SyncPolicy, Writer, WriterHandle};
 use crate::store::{self, ReadGate, Reader};
 use crate::validate;
 

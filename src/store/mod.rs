@@ -1,6 +1,7 @@
 //! The redb store: schema, reads on the caller's thread, and (in [`writer`]) the one thread that
 //! writes.
 
+pub mod batch;
 pub mod check;
 pub mod codec;
 mod contain;

@@ -6,9 +6,9 @@ use std::time::SystemTime;
 
 use redb::ReadableTable;
 
+use super::batch::Batch;
 use super::codec;
 use super::tables::*;
-use super::writer::Batch;
 use crate::error::{Error, Result};
 use crate::ids;
 use crate::model::{

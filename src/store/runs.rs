@@ -6,7 +6,8 @@
 
 use redb::ReadableTable;
 
-use super::writer::{Batch, WriterHandle};
+use super::batch::Batch;
+use super::writer::WriterHandle;
 use crate::error::Result;
 
 /// One run's process group, as recorded in the store while the run lasts.

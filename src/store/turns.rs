@@ -5,10 +5,11 @@ use std::collections::HashMap;
 
 use redb::ReadableTable;
 
+use super::batch::Batch;
 use super::codec;
 use super::ops::NewEvent;
 use super::tables::*;
-use super::writer::{Batch, ReplyKey, ReplyOutput};
+use super::writer::{ReplyKey, ReplyOutput};
 use crate::error::{Error, Result};
 use crate::ids;
 use crate::model::{

@@ -1,0 +1,262 @@
+//! One batch of the writer: the open tables of its write transaction, the groups' heads it has
+//! touched (seq and rev are claimed here, and each head is written once at the end), the changes
+//! it will publish once it commits, and the replies still streaming, whose claims a batch that
+//! does not commit takes back.
+
+use std::collections::hash_map::{Entry, HashMap};
+use std::time::SystemTime;
+
+use redb::{Table, WriteTransaction};
+
+use super::codec;
+use super::tables::*;
+use super::writer::ReplyKey;
+use crate::error::{Error, Result};
+use crate::ids;
+use crate::model::{GroupChange, GroupUpdate};
+
+struct HeadSlot {
+    /// `None` once the group is deleted in this batch.
+    head: Option<Head>,
+    dirty: bool,
+}
+
+/// The open tables of one write transaction and what the batch has done so far.
+pub struct Batch<'txn> {
+    pub now: SystemTime,
+    pub familiars: Table<'txn, &'static str, &'static [u8]>,
+    pub groups: Table<'txn, u128, &'static [u8]>,
+    pub events: Table<'txn, (u128, u64), &'static [u8]>,
+    pub reply_chunks: Table<'txn, (u128, u64, u64), &'static str>,
+    pub sessions: Table<'txn, u128, &'static [u8]>,
+    pub group_sessions: Table<'txn, (u128, u128), ()>,
+    pub cursors: Table<'txn, (u128, &'static str), u64>,
+    pub turns: Table<'txn, u128, &'static [u8]>,
+    pub process_runs: Table<'txn, u128, (i32, &'static str)>,
+    heads_table: Table<'txn, u128, &'static [u8]>,
+    changes: Table<'txn, (u128, u64), &'static [u8]>,
+    heads: HashMap<u128, HeadSlot>,
+    /// Replies that have claimed their seq and are still streaming, across batches.
+    pub live: LiveReplies,
+    /// Text for live replies not yet stored, in arrival order; flushed before any other
+    /// operation and at the end of the batch, one delta change per reply.
+    pending: Vec<(ReplyKey, String)>,
+    pub(super) published: Vec<GroupChange>,
+    /// Operations applied without refusal.
+    pub(super) applied: usize,
+    /// The storage error that aborts the batch.
+    pub(super) failure: Option<Error>,
+}
+
+impl<'txn> Batch<'txn> {
+    pub(super) fn open(txn: &'txn WriteTransaction) -> Result<Self> {
+        Ok(Self {
+            now: SystemTime::now(),
+            familiars: txn.open_table(FAMILIARS)?,
+            groups: txn.open_table(GROUPS)?,
+            events: txn.open_table(EVENTS)?,
+            reply_chunks: txn.open_table(REPLY_CHUNKS)?,
+            sessions: txn.open_table(SESSIONS)?,
+            group_sessions: txn.open_table(GROUP_SESSIONS)?,
+            cursors: txn.open_table(CURSORS)?,
+            turns: txn.open_table(TURNS)?,
+            process_runs: txn.open_table(PROCESS_RUNS)?,
+            heads_table: txn.open_table(HEADS)?,
+            changes: txn.open_table(CHANGES)?,
+            heads: HashMap::new(),
+            live: LiveReplies::default(),
+            pending: Vec::new(),
+            published: Vec::new(),
+            applied: 0,
+            failure: None,
+        })
+    }
+
+    pub(super) fn fail(&mut self, err: Error) {
+        self.failure.get_or_insert(err);
+    }
+
+    fn slot(&mut self, group: u128) -> Result<&mut HeadSlot> {
+        match self.heads.entry(group) {
+            Entry::Occupied(slot) => Ok(slot.into_mut()),
+            Entry::Vacant(vacant) => {
+                let head = load::<u128, Head>(&self.heads_table, group)?;
+                Ok(vacant.insert(HeadSlot { head, dirty: false }))
+            }
+        }
+    }
+
+    /// The group's head, or `NotFound` when the group does not exist.
+    pub fn head(&mut self, group: u128) -> Result<Head> {
+        self.slot(group)?
+            .head
+            .ok_or_else(|| Error::not_found("group", ids::to_string(group)))
+    }
+
+    fn head_mut(&mut self, group: u128) -> Result<&mut Head> {
+        let slot = self.slot(group)?;
+        slot.dirty = true;
+        slot.head
+            .as_mut()
+            .ok_or_else(|| Error::not_found("group", ids::to_string(group)))
+    }
+
+    /// Starts the sequences of a new group.
+    pub fn create_head(&mut self, group: u128) {
+        let head = Head::new(self.now);
+        self.heads.insert(
+            group,
+            HeadSlot {
+                head: Some(head),
+                dirty: true,
+            },
+        );
+    }
+
+    /// Forgets a deleted group's sequences.
+    pub fn delete_head(&mut self, group: u128) {
+        self.heads.insert(
+            group,
+            HeadSlot {
+                head: None,
+                dirty: true,
+            },
+        );
+    }
+
+    /// Claims the group's next seq.
+    pub fn next_seq(&mut self, group: u128) -> Result<u64> {
+        let head = self.head_mut(group)?;
+        let seq = head.next_seq;
+        head.next_seq += 1;
+        Ok(seq)
+    }
+
+    /// The rev the next change of this group will get.
+    pub fn peek_rev(&mut self, group: u128) -> Result<u64> {
+        Ok(self.head(group)?.next_rev)
+    }
+
+    /// Records one change: claims the next rev, stores the change, queues it for publishing.
+    pub fn record(&mut self, group: u128, update: GroupUpdate) -> Result<u64> {
+        let now = self.now;
+        let head = self.head_mut(group)?;
+        let rev = head.next_rev;
+        head.next_rev += 1;
+        head.active_at = now;
+        self.changes
+            .insert((group, rev), codec::encode(&update)?.as_slice())?;
+        self.published.push(GroupChange {
+            group_id: ids::to_string(group),
+            rev,
+            update,
+        });
+        Ok(rev)
+    }
+
+    /// Publishes without storing: the final "deleted" notice of a group whose log is gone.
+    pub fn announce(&mut self, group: u128, rev: u64, update: GroupUpdate) {
+        self.published.push(GroupChange {
+            group_id: ids::to_string(group),
+            rev,
+            update,
+        });
+    }
+
+    /// Removes every stored change of a group.
+    pub fn delete_changes(&mut self, group: u128) -> Result<()> {
+        self.changes
+            .retain_in((group, 0)..=(group, u64::MAX), |_, _| false)?;
+        Ok(())
+    }
+
+    /// Queues text for a live reply, merging it with text already waiting for that reply.
+    pub fn queue_delta(&mut self, key: ReplyKey, text: String) {
+        match self.pending.iter_mut().find(|(waiting, _)| *waiting == key) {
+            Some((_, waiting)) => waiting.push_str(&text),
+            None => self.pending.push((key, text)),
+        }
+    }
+
+    /// Stores every queued delta: one chunk and one `ReplyDelta` change per reply.
+    pub fn flush_pending(&mut self) -> Result<()> {
+        for (key, text) in std::mem::take(&mut self.pending) {
+            let Some(seq) = self.live.seq(&key) else {
+                continue;
+            };
+            let rev = self.peek_rev(key.group)?;
+            self.reply_chunks
+                .insert((key.group, seq, rev), text.as_str())?;
+            self.record(
+                key.group,
+                GroupUpdate::ReplyDelta {
+                    seq,
+                    familiar_id: key.familiar,
+                    text,
+                },
+            )?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn flush_heads(&mut self) -> Result<()> {
+        for (group, slot) in &self.heads {
+            if !slot.dirty {
+                continue;
+            }
+            match &slot.head {
+                Some(head) => {
+                    self.heads_table
+                        .insert(*group, codec::encode(head)?.as_slice())?;
+                }
+                None => {
+                    self.heads_table.remove(*group)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The seq of every reply still streaming, kept by the writer across batches. Changes made by a
+/// batch are logged so that a batch that does not commit can take them back.
+#[derive(Default)]
+pub struct LiveReplies {
+    seqs: HashMap<ReplyKey, u64>,
+    /// What each change replaced, newest last.
+    undo: Vec<(ReplyKey, Option<u64>)>,
+}
+
+impl LiveReplies {
+    pub fn seq(&self, key: &ReplyKey) -> Option<u64> {
+        self.seqs.get(key).copied()
+    }
+
+    pub fn claim(&mut self, key: ReplyKey, seq: u64) {
+        let before = self.seqs.insert(key.clone(), seq);
+        self.undo.push((key, before));
+    }
+
+    pub fn release(&mut self, key: &ReplyKey) -> Option<u64> {
+        let before = self.seqs.remove(key);
+        if before.is_some() {
+            self.undo.push((key.clone(), before));
+        }
+        before
+    }
+
+    /// The batch committed: its changes stand.
+    pub(super) fn keep(&mut self) {
+        self.undo.clear();
+    }
+
+    /// The batch did not commit: restore the state before it.
+    pub(super) fn roll_back(&mut self) {
+        while let Some((key, before)) = self.undo.pop() {
+            match before {
+                Some(seq) => self.seqs.insert(key, seq),
+                None => self.seqs.remove(&key),
+            };
+        }
+    }
+}
