@@ -168,6 +168,8 @@ pub(crate) struct SinkOutcome {
     pub failure: Option<String>,
     /// The reply outgrew [`MAX_REPLY_BYTES`]; `failure` says so.
     pub overflowed: bool,
+    /// Reply bytes accepted.
+    pub bytes: usize,
 }
 
 /// A harness as the store knows it, with where it comes from, which decides how its thread may
@@ -204,6 +206,7 @@ impl ReplySink {
             resume_token: state.resume_token.take(),
             failure: state.failure.take(),
             overflowed: state.overflowed,
+            bytes: state.bytes,
         }
     }
 
