@@ -3,12 +3,15 @@
 //!
 //! `cargo run --example group_chat` uses the in-process `scripted` harness (no CLI needed).
 //! `cargo run --example group_chat -- --harness claude` (or `codex`) uses the real CLI.
+//! `RUST_LOG=coven_group=debug cargo run --example group_chat` also prints the library's logs
+//! (turns, member runs, writer batches) to stderr; without `RUST_LOG` nothing more is printed.
 
 use std::collections::HashMap;
 use std::error::Error;
 use std::time::Duration;
 
 use coven_group::{Config, Coven, EventKind, Familiar, GroupEvent, GroupUpdate};
+use tracing_subscriber::EnvFilter;
 
 const FAMILIARS: [(&str, &str); 3] = [
     ("morgana", "Morgana"),
@@ -17,6 +20,12 @@ const FAMILIARS: [(&str, &str); 3] = [
 ];
 
 fn main() -> Result<(), Box<dyn Error>> {
+    // The library only emits; a host chooses where its logs go. Here: stderr, filtered by
+    // RUST_LOG (unset, the filter lets only errors through, and the library logs none).
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let harness = harness_from_args()?;
     if harness != "scripted" && !on_path(&harness) {
         eprintln!("`{harness}` is not installed (not found on PATH).");

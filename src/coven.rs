@@ -129,6 +129,14 @@ impl Coven {
                 other => other,
             })?;
         held.confirm()?;
+        tracing::info!(
+            durable = config.durable,
+            interrupted_replies = recovery.interrupted_replies,
+            failed_sessions = recovery.failed_sessions,
+            released_turns = recovery.released_turns,
+            stopped_processes = recovery.stopped_processes,
+            "store opened"
+        );
         let fanout = Fanout::start(
             writer.clone(),
             config.max_concurrent_runs,
@@ -261,7 +269,8 @@ impl Coven {
     /// is waited for at most `Config::stop_grace_ms`, then left behind: its reply ends cancelled
     /// with the text it had streamed, and its later output is dropped.
     pub fn close(&self) {
-        self.closed.store(true, Ordering::SeqCst);
+        let closing_started = std::time::Instant::now();
+        let already_closed = self.closed.swap(true, Ordering::SeqCst);
         // Running turns end as cancelled and their outcomes commit before the writer stops.
         self.fanout.shutdown();
         self.hub.close();
@@ -269,6 +278,10 @@ impl Coven {
             writer.shutdown();
         }
         self.reads.close();
+        if !already_closed {
+            let duration_ms = closing_started.elapsed().as_millis() as u64;
+            tracing::info!(duration_ms, "store closed");
+        }
     }
 
     // ---- familiars ----

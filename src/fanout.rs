@@ -1,6 +1,12 @@
 //! The fan-out: one committed user message becomes one job per member on a bounded pool of
 //! worker threads. Each worker supervises its member's harness run (silence timeout, cancel,
 //! panics), then commits how the reply ended. A member's failure ends only its own reply.
+//!
+//! Logs: a `turn` span (info) from dispatch to the last member's commit, with `turn started` and
+//! `turn ended` events; inside it a `member` span (debug) per member run, entered on its worker and
+//! on its harness thread, ending with one `member run ended` event (debug, or warn when the reply
+//! failed or timed out, with the reason). Ids, kinds, counts and durations only: never prompt or
+//! reply text.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -10,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
+use tracing::{debug, info, warn};
+use uuid::Uuid;
 
 use crate::error::{Error, Result};
 use crate::harness::registry::{Harnesses, Resolved};
@@ -17,7 +25,7 @@ use crate::harness::{roster_prompt, Cancel, RegisteredHarness, ReplySink, TurnRe
 use crate::host::{self, Unreturned};
 use crate::ids;
 use crate::model::{Familiar, ReplyError, ReplyErrorKind};
-use crate::store::turns::{ReplyEnd, TurnStart};
+use crate::store::turns::{ReplyEnd, TurnStart, NO_OUTPUT};
 use crate::store::writer::{ReplyKey, WriterHandle};
 
 /// How many finished turn ids `wait_turn` still recognizes.
@@ -32,6 +40,11 @@ pub struct TurnControl {
     /// worker has started, without starting their harnesses.
     jobs: Mutex<Vec<Arc<JobSlot>>>,
     remaining: AtomicUsize,
+    /// Members whose reply failed or timed out (cancelled ones are not failures).
+    failed: AtomicUsize,
+    started: Instant,
+    /// The `turn` span: parent of every member run's span.
+    span: tracing::Span,
     /// Why a member's outcome could not be committed (the store refused the write, or was
     /// closed): the turn ends, but `wait` must not acknowledge it as saved.
     unsaved: Mutex<Option<Error>>,
@@ -99,6 +112,8 @@ impl JobSlot {
 struct MemberJob {
     key: ReplyKey,
     session: u128,
+    /// The familiar's harness kind, for the logs.
+    harness: String,
     /// The request, or why the member cannot run at all (reported on its event).
     run: std::result::Result<(TurnRequest, RegisteredHarness), String>,
     cancel: Arc<Cancel>,
@@ -151,12 +166,21 @@ impl Fanout {
             members,
         } = start;
         let cancels: Vec<Arc<Cancel>> = members.iter().map(|_| Arc::new(Cancel::new())).collect();
+        let span = tracing::info_span!(
+            "turn",
+            turn_id = %Uuid::from_u128(turn),
+            group_id = %Uuid::from_u128(group),
+        );
+        span.in_scope(|| info!(members = members.len(), "turn started"));
         let control = Arc::new(TurnControl {
             id: turn,
             group,
             cancels: cancels.clone(),
             jobs: Mutex::new(Vec::with_capacity(members.len())),
             remaining: AtomicUsize::new(members.len()),
+            failed: AtomicUsize::new(0),
+            started: Instant::now(),
+            span,
             unsaved: Mutex::new(None),
             done: Mutex::new(false),
             finished: Condvar::new(),
@@ -196,6 +220,7 @@ impl Fanout {
                     familiar: familiar.id.clone(),
                 },
                 session: ids::parse("session_id", &session.id).unwrap_or_default(),
+                harness: familiar.harness.clone(),
                 run,
                 cancel,
                 control: control.clone(),
@@ -293,15 +318,41 @@ fn run_member(shared: &Shared, job: MemberJob) {
     let MemberJob {
         key,
         session,
+        harness: harness_kind,
         run,
         cancel,
         control,
     } = job;
-    let (error, resume_token) = match run {
-        Err(reason) => (Some(failed(reason)), None),
-        Ok(_) if cancel.is_cancelled() => (Some(cancelled()), None),
+    let span = tracing::debug_span!(
+        parent: &control.span,
+        "member",
+        familiar = %key.familiar,
+        harness = %harness_kind,
+    );
+    let in_member = span.enter();
+    let started = Instant::now();
+    let RunEnd {
+        error,
+        resume_token,
+        reply_bytes,
+    } = match run {
+        Err(reason) => RunEnd::without_run(failed(reason)),
+        Ok(_) if cancel.is_cancelled() => RunEnd::without_run(cancelled()),
         Ok((request, harness)) => supervise(shared, &key, request, harness, &cancel),
     };
+    // The store fails a reply that ended without output; saying so here keeps the log and the
+    // stored marker in agreement.
+    let error = match error {
+        None if reply_bytes == 0 => Some(failed(NO_OUTPUT.to_owned())),
+        error => error,
+    };
+    log_member_end(error.as_ref(), reply_bytes, started.elapsed());
+    if error
+        .as_ref()
+        .is_some_and(|error| error.kind != ReplyErrorKind::Cancelled)
+    {
+        control.failed.fetch_add(1, Ordering::Relaxed);
+    }
     let end = ReplyEnd {
         session,
         error,
@@ -317,8 +368,43 @@ fn run_member(shared: &Shared, job: MemberJob) {
     if let Err(err) = committed {
         control.unsaved.lock().get_or_insert(err);
     }
+    drop(in_member);
     if control.remaining.fetch_sub(1, Ordering::SeqCst) == 1 {
         finish_turn(shared, &control);
+    }
+}
+
+/// The one event of a member run: debug when the reply completed or was cancelled, warn with the
+/// reason when it failed or timed out.
+fn log_member_end(error: Option<&ReplyError>, reply_bytes: usize, elapsed: Duration) {
+    let duration_ms = elapsed.as_millis() as u64;
+    match error {
+        None => debug!(
+            outcome = "completed",
+            reply_bytes, duration_ms, "member run ended"
+        ),
+        Some(error) if error.kind == ReplyErrorKind::Cancelled => {
+            debug!(
+                outcome = "cancelled",
+                reply_bytes, duration_ms, "member run ended"
+            )
+        }
+        Some(error) => warn!(
+            outcome = outcome_name(error.kind),
+            reason = %error.message,
+            reply_bytes,
+            duration_ms,
+            "member run ended"
+        ),
+    }
+}
+
+fn outcome_name(kind: ReplyErrorKind) -> &'static str {
+    match kind {
+        ReplyErrorKind::Failed => "failed",
+        ReplyErrorKind::TimedOut => "timed_out",
+        ReplyErrorKind::Cancelled => "cancelled",
+        ReplyErrorKind::Interrupted => "interrupted",
     }
 }
 
@@ -345,20 +431,53 @@ fn finish_turn(shared: &Shared, control: &TurnControl) {
             }
         }
     }
+    let _in_turn = control.span.enter();
+    let members = control.cancels.len();
+    let failed = control.failed.load(Ordering::Relaxed);
+    let duration_ms = control.started.elapsed().as_millis() as u64;
+    match control.unsaved.lock().as_ref() {
+        None => info!(members, failed, duration_ms, "turn ended"),
+        Some(err) => warn!(
+            members,
+            failed,
+            duration_ms,
+            error = %err,
+            "turn ended, but how a reply ended could not be saved"
+        ),
+    }
     *control.done.lock() = true;
     control.finished.notify_all();
 }
 
+/// How a member's run ended, as its worker saw it.
+struct RunEnd {
+    error: Option<ReplyError>,
+    resume_token: Option<String>,
+    /// Reply bytes the sink accepted.
+    reply_bytes: usize,
+}
+
+impl RunEnd {
+    /// A member whose harness never started.
+    fn without_run(error: ReplyError) -> Self {
+        Self {
+            error: Some(error),
+            resume_token: None,
+            reply_bytes: 0,
+        }
+    }
+}
+
 /// Runs the harness on a host thread and watches it: activity resets the silence timer; a
-/// cancel, an oversized reply or silence stops it. Returns the reply's error marker and the new
-/// resume token.
+/// cancel, an oversized reply or silence stops it. Returns the reply's error marker, the new
+/// resume token and the reply's size.
 fn supervise(
     shared: &Shared,
     key: &ReplyKey,
     request: TurnRequest,
     harness: RegisteredHarness,
     cancel: &Arc<Cancel>,
-) -> (Option<ReplyError>, Option<String>) {
+) -> RunEnd {
     let (activity_tx, activity_rx) = crossbeam_channel::bounded(1);
     let sink = Arc::new(ReplySink::new(
         key.clone(),
@@ -375,19 +494,19 @@ fn supervise(
     let release = Arc::new(Cancel::new());
     let run_sink = sink.clone();
     let run_release = release.clone();
+    // What the harness logs (a process's pid and exit status) belongs to this member's run.
+    let member_span = tracing::Span::current();
     let started = host::spawn("coven-run", move || {
+        let _in_member = member_span.enter();
         host::enter_run(run_release);
         let returned = host::call(harness.origin, || harness.run_turn(request, run_sink));
         let _ = done_tx.send(returned);
     });
     if let Err(err) = started {
         sink.close();
-        return (
-            Some(failed(format!(
-                "cannot start a thread for the harness: {err}"
-            ))),
-            None,
-        );
+        return RunEnd::without_run(failed(format!(
+            "cannot start a thread for the harness: {err}"
+        )));
     }
 
     let mut timed_out = false;
@@ -441,7 +560,11 @@ fn supervise(
             Some(Ok(Ok(true))) => outcome.failure.map(failed),
         }
     };
-    (error, outcome.resume_token)
+    RunEnd {
+        error,
+        resume_token: outcome.resume_token,
+        reply_bytes: outcome.bytes,
+    }
 }
 
 /// What `wait` answers for an ended turn: acknowledged only when every reply was committed.

@@ -9,6 +9,10 @@
 //! Each subscription has a bounded queue and its own delivery thread, which calls the listener
 //! holding no lock (invariant 9). A subscription whose queue overflows drops it and re-reads the
 //! store from the last rev it delivered, so a slow listener costs bounded memory and loses nothing.
+//!
+//! Logs (debug): a `subscription` span around each delivery thread, with `subscription queue
+//! overflowed` (on the writer thread), `subscription backlog page read` for every page read from
+//! the store, and `subscription ended`. A read that fails with anything but `Closed` is a warn.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
+use tracing::{debug, warn};
 
 use crate::error::{Error, Result};
 use crate::host::{self, HostRef, HostThread, Origin};
@@ -67,6 +72,12 @@ impl Feed {
         if pending.queue.len() >= SUBSCRIPTION_QUEUE_LIMIT {
             pending.queue = VecDeque::new();
             pending.overflowed = true;
+            debug!(
+                subscription = self.id,
+                group_id = %self.group_id,
+                limit = SUBSCRIPTION_QUEUE_LIMIT,
+                "subscription queue overflowed; it catches up from the store"
+            );
         } else {
             pending.queue.push_back(change.clone());
         }
@@ -342,7 +353,15 @@ enum Step {
 
 impl Delivery {
     fn run(mut self) {
+        let span = tracing::debug_span!(
+            "subscription",
+            subscription = self.feed.id,
+            group_id = %self.feed.group_id,
+        );
+        let _in_subscription = span.enter();
+        debug!(after_rev = self.delivered, "subscription started");
         self.deliver_all();
+        debug!(delivered_rev = self.delivered, "subscription ended");
         // A subscription that ended by itself (its group was deleted) forgets its thread.
         if let Some(hub) = self.hub.upgrade() {
             hub.remove(&self.feed);
@@ -405,7 +424,14 @@ impl Delivery {
             .read(|reader| reader.changes(self.group, self.delivered, BACKLOG_PAGE));
         match page {
             Ok(page) if page.is_empty() => Step::GoLive,
-            Ok(page) => Step::Deliver(page),
+            Ok(page) => {
+                debug!(
+                    after_rev = self.delivered,
+                    changes = page.len(),
+                    "subscription backlog page read from the store"
+                );
+                Step::Deliver(page)
+            }
             // The group is gone (and its log with it): its deletion notice ends the
             // subscription; a subscriber that lagged behind jumps straight to it.
             Err(Error::NotFound { .. }) => {
@@ -417,7 +443,11 @@ impl Delivery {
                 })])
             }
             // The store is closing or failing: stop rather than spin.
-            Err(_) => Step::Stop,
+            Err(Error::Closed) => Step::Stop,
+            Err(err) => {
+                warn!(error = %err, "subscription stopped: the store could not be read");
+                Step::Stop
+            }
         }
     }
 
@@ -453,6 +483,10 @@ impl Delivery {
             Step::Deliver(batch)
         } else {
             // A hole can only mean changes this feed never saw: fetch them from the store.
+            debug!(
+                delivered_rev = self.delivered,
+                "subscription missed changes; it catches up from the store"
+            );
             Step::CatchUp
         }
     }

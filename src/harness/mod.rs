@@ -169,6 +169,8 @@ pub(crate) struct SinkOutcome {
     pub failure: Option<String>,
     /// The reply outgrew [`MAX_REPLY_BYTES`]; `failure` says so.
     pub overflowed: bool,
+    /// Reply bytes accepted.
+    pub bytes: usize,
 }
 
 /// A harness as the store knows it, with where it comes from, which decides how its thread may
@@ -205,6 +207,7 @@ impl ReplySink {
             resume_token: state.resume_token.take(),
             failure: state.failure.take(),
             overflowed: state.overflowed,
+            bytes: state.bytes,
         }
     }
 

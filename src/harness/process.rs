@@ -8,6 +8,9 @@
 //! lasts (with a marker in the environment of everything the run starts, [`RUN_MARKER_ENV`]),
 //! and the next open stops what is left of a run its host did not see end
 //! ([`stop_leftovers`]).
+//!
+//! Logs (debug, inside the member run's span): `process started` (program, pid), `process group
+//! killed` when a run is stopped, and `process exited` (pid, status) once the child is reaped.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
@@ -16,6 +19,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
+use tracing::debug;
 
 use super::{harness_error, Cancel, ReplySink};
 use crate::error::Result;
@@ -185,7 +189,18 @@ impl Running {
     /// Kills the group and waits until the child is reaped.
     fn kill_and_reap(&self) {
         self.kill_group();
-        let _ = self.exited.recv();
+        if let Ok(exit) = self.exited.recv() {
+            self.log_exit(&exit);
+        }
+    }
+
+    fn log_exit(&self, exit: &ExitInfo) {
+        debug!(
+            pid = self.run.pgid,
+            success = exit.success,
+            status = %exit.description,
+            "process exited"
+        );
     }
 
     /// The last bytes the process wrote to stderr, for error messages.
@@ -252,10 +267,12 @@ impl Running {
                 },
                 recv(exited) -> status => {
                     // The child is gone; kill whatever it left in its group so the output closes.
-                    exit = Some(status.unwrap_or_else(|_| ExitInfo {
+                    let status = status.unwrap_or_else(|_| ExitInfo {
                         success: false,
                         description: "was lost track of".to_owned(),
-                    }));
+                    });
+                    self.log_exit(&status);
+                    exit = Some(status);
                     self.kill_group();
                 }
                 recv(cancel.receiver()) -> _ => {
@@ -267,10 +284,12 @@ impl Running {
         let exit = match exit {
             Some(exit) => exit,
             None => crossbeam_channel::select! {
-                recv(self.exited) -> status => status.map_err(|_| {
-                    self.kill_group();
-                    harness_error("lost track of the process")
-                })?,
+                recv(self.exited) -> status => status
+                    .map_err(|_| {
+                        self.kill_group();
+                        harness_error("lost track of the process")
+                    })
+                    .inspect(|exit| self.log_exit(exit))?,
                 recv(cancel.receiver()) -> _ => {
                     self.stop(false);
                     return Ok(Ending::Cancelled);
@@ -284,6 +303,7 @@ impl Running {
 
     /// Kills the group and, unless the child was already reaped, waits until it is.
     fn stop(&self, reaped: bool) {
+        debug!(pid = self.run.pgid, "process group killed");
         if reaped {
             self.kill_group();
         } else {
@@ -322,6 +342,7 @@ pub fn spawn_lines(
         .spawn()
         .map_err(|err| harness_error(format!("cannot start {}: {err}", program.display())))?;
     let pgid = child.id() as i32;
+    log_started(program, pgid);
 
     if let (Some(text), Some(mut stdin)) = (stdin_text, child.stdin.take()) {
         let writer = spawn_helper("coven-stdin", move || {
@@ -350,6 +371,11 @@ pub fn spawn_lines(
         stderr_tail,
         None,
     ))
+}
+
+/// Logs a harness process just started: its program and pid (also its process group).
+pub fn log_started(program: &Path, pid: i32) {
+    debug!(program = %program.display(), pid, "process started");
 }
 
 /// Waits for the child on a helper thread, so no zombie outlives the run.

@@ -101,6 +101,7 @@ fn spawn_pty(
         .map_err(|err| harness_error(format!("cannot start {}: {err}", program.display())))?;
     // The child called setsid, so its pid is its session and its process group.
     let pgid = child.id() as i32;
+    process::log_started(program, pgid);
     let master = File::from(master);
     let mut reader = master.try_clone().map_err(|err| {
         process::abandon(pgid);

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use redb::ReadableTable;
+use tracing::debug;
 
 use super::batch::Batch;
 use super::codec;
@@ -16,6 +17,9 @@ use crate::model::{
     Familiar, GroupConversation, GroupEvent, GroupUpdate, Recovery, ReplyError, ReplyErrorKind,
     Session, SessionStatus,
 };
+
+/// The error message of a reply whose harness finished without producing any output.
+pub const NO_OUTPUT: &str = "the harness finished without producing any output";
 
 /// What `send` needs to dispatch a turn once it is committed.
 pub struct TurnStart {
@@ -132,7 +136,7 @@ impl<'txn> Batch<'txn> {
         let error = match (live, end.error) {
             (None, None) => Some(ReplyError {
                 kind: ReplyErrorKind::Failed,
-                message: "the harness finished without producing any output".to_owned(),
+                message: NO_OUTPUT.to_owned(),
             }),
             (_, error) => error,
         };
@@ -211,6 +215,7 @@ impl<'txn> Batch<'txn> {
     /// Repairs what a crash left running: processes of unfinished harness runs are stopped,
     /// replies still streaming become interrupted (text kept), members that never answered get
     /// an interrupted marker, running sessions become failed, and every turn lock is released.
+    /// Logs each released turn (debug); the counts are logged by the open that ran this.
     pub fn recover(
         &mut self,
         stop_leftovers: impl FnOnce(&[super::runs::ProcessRun]) -> u64,
@@ -219,6 +224,12 @@ impl<'txn> Batch<'txn> {
             stopped_processes: self.stop_recorded_runs(stop_leftovers)?,
             ..Recovery::default()
         };
+        if report.stopped_processes > 0 {
+            debug!(
+                stopped_processes = report.stopped_processes,
+                "recovery stopped processes a previous host left running"
+            );
+        }
         let mut turns = Vec::new();
         for entry in self.turns.iter()? {
             let (group, value) = entry?;
@@ -258,6 +269,12 @@ impl<'txn> Batch<'txn> {
             }
             self.turns.remove(group)?;
             report.released_turns += 1;
+            debug!(
+                group_id = %uuid::Uuid::from_u128(group),
+                turn_id = %turn_id,
+                interrupted_replies = turn.pending.len(),
+                "recovery released a turn left running"
+            );
         }
         let mut running = Vec::new();
         for entry in self.sessions.iter()? {

@@ -5,6 +5,10 @@
 //!
 //! Callers reach the writer only through a [`WriterHandle`], which answers `Closed` once the
 //! writer thread has exited, so no call can wait on a writer that is gone.
+//!
+//! Logs: `batch committed` (debug) per batch with its counts, durability and timings; a failed
+//! batch or checkpoint is a warn. The counters are plain integers and the macros check the level
+//! first, so a disabled log costs the batch no allocation and no formatting.
 
 use std::convert::Infallible;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -14,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use redb::{Database, Durability, WriteTransaction};
+use tracing::{debug, warn};
 
 use super::batch::{Batch, LiveReplies};
 use super::contain_panic;
@@ -284,7 +289,9 @@ impl Unsynced {
     /// the next write starts the clock again.
     fn checkpoint(&mut self, db: &Database) {
         if self.since.take().is_some() {
-            let _ = begin(db, true).and_then(|txn| txn.commit().map_err(Error::from));
+            if let Err(err) = begin(db, true).and_then(|txn| txn.commit().map_err(Error::from)) {
+                warn!(error = %err, "durable checkpoint failed");
+            }
         }
     }
 }
@@ -346,6 +353,7 @@ enum Commit {
 }
 
 fn reject_all(queued: &mut Vec<Queued>, err: &Error) {
+    warn!(commands = queued.len(), error = %err, "batch refused: its transaction could not start");
     for item in queued.drain(..) {
         if let Queued::Write(op) = item {
             op.reject(err.clone());
@@ -360,6 +368,9 @@ fn commit_batch(
     queued: &mut Vec<Queued>,
     live: &mut LiveReplies,
 ) -> Commit {
+    let started = Instant::now();
+    let commands = queued.len();
+    let mut outputs = 0usize;
     let txn = match begin(db, durable) {
         Ok(txn) => txn,
         Err(err) => {
@@ -383,6 +394,7 @@ fn commit_batch(
                         completions.push(op.apply(&mut batch));
                     }
                     Queued::Output(output) => {
+                        outputs += 1;
                         if let Err(err) = batch.reply_output(output) {
                             batch.fail(err);
                         }
@@ -405,11 +417,17 @@ fn commit_batch(
         }
     };
     let mut commit = Commit::Nothing;
+    let mut commit_time = Duration::ZERO;
+    let mut batch_time = Duration::ZERO;
     let committed = match outcome {
         // Only refusals: leave the file exactly as it was.
         Ok(false) => txn.abort().map_err(Error::from),
         Ok(true) => {
-            contain_panic("committing", || txn.commit().map_err(Error::from)).inspect(|()| {
+            let commit_started = Instant::now();
+            let committed = contain_panic("committing", || txn.commit().map_err(Error::from));
+            commit_time = commit_started.elapsed();
+            batch_time = started.elapsed();
+            committed.inspect(|()| {
                 commit = if durable {
                     Commit::Durable
                 } else {
@@ -429,8 +447,26 @@ fn commit_batch(
     for completion in completions {
         completion(&committed);
     }
+    let changes = published.len();
     if committed.is_ok() && !published.is_empty() {
         hub.publish(published);
+    }
+    // Logged once the callers are answered and the changes published, so a host's subscriber
+    // never delays them.
+    match (&committed, commit) {
+        (Err(err), _) => {
+            warn!(commands, outputs, error = %err, "batch failed: nothing of it was written");
+        }
+        (Ok(()), Commit::Nothing) => debug!(commands, outputs, "batch wrote nothing"),
+        (Ok(()), _) => debug!(
+            commands,
+            outputs,
+            changes,
+            durable = commit == Commit::Durable,
+            commit_us = commit_time.as_micros() as u64,
+            batch_us = batch_time.as_micros() as u64,
+            "batch committed"
+        ),
     }
     commit
 }
