@@ -7,7 +7,6 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Write};
-use std::ops::Bound;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -19,8 +18,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use coven_group::{Config, Coven, Error, Familiar};
 use crossbeam_channel::RecvTimeoutError;
-use redb::backends::FileBackend;
-use redb::{BackendError, StorageBackend};
 
 /// Upper bound for anything a test waits on; reaching it is a failure.
 const GUARD: Duration = Duration::from_secs(30);
@@ -423,77 +420,26 @@ fn a_zero_checkpoint_interval_is_refused() {
 
 // ---- 9. after an I/O error ----
 
-/// redb's file backend on a disk that can be made full: writes then fail with `ENOSPC`.
+/// A disk that can be made full: writes, and growing the file, then fail with `ENOSPC`.
 #[derive(Debug)]
-struct FullableBackend {
-    file: FileBackend,
-    full: Arc<AtomicBool>,
-}
+struct Fullable(Arc<AtomicBool>);
 
-impl FullableBackend {
+impl Fullable {
     fn refuse_if_full(&self) -> io::Result<()> {
-        if self.full.load(Ordering::SeqCst) {
+        if self.0.load(Ordering::SeqCst) {
             return Err(io::Error::from_raw_os_error(libc::ENOSPC));
         }
         Ok(())
     }
 }
 
-impl StorageBackend for FullableBackend {
-    fn len(&self) -> io::Result<u64> {
-        self.file.len()
+impl DiskFaults for Fullable {
+    fn before_write(&self, _bytes: u64) -> io::Result<()> {
+        self.refuse_if_full()
     }
 
-    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
-        self.file.read(offset, out)
-    }
-
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        if len > self.file.len()? {
-            self.refuse_if_full()?;
-        }
-        self.file.set_len(len)
-    }
-
-    fn sync_data(&self) -> io::Result<()> {
-        self.file.sync_data()
-    }
-
-    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.refuse_if_full()?;
-        self.file.write(offset, data)
-    }
-
-    fn close(&self) -> io::Result<()> {
-        self.file.close()
-    }
-
-    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
-        self.file.try_lock_range(start, end)
-    }
-
-    fn try_lock_shared_range(
-        &self,
-        start: Bound<u64>,
-        end: Bound<u64>,
-    ) -> Result<bool, BackendError> {
-        self.file.try_lock_shared_range(start, end)
-    }
-
-    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-        self.file.lock_range(start, end)
-    }
-
-    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-        self.file.lock_shared_range(start, end)
-    }
-
-    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-        self.file.unlock_range(start, end)
-    }
-
-    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
-        self.file.query_lock_range(start, end)
+    fn before_grow(&self) -> io::Result<()> {
+        self.refuse_if_full()
     }
 }
 
@@ -502,17 +448,7 @@ fn after_a_full_disk_the_open_store_says_it_must_be_closed_and_reopened() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("full.redb");
     let full = Arc::new(AtomicBool::new(false));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .unwrap();
-    let backend = FullableBackend {
-        file: FileBackend::new(file).unwrap(),
-        full: full.clone(),
-    };
+    let backend = FaultyFile::open(&path, Fullable(full.clone()));
     let coven = Coven::open_with_backend(backend, Config::default()).unwrap();
     register(&coven, &[("ada", "Ada")]);
     let group = coven.create_group(None, ids(&["ada"]), None).unwrap().id;

@@ -11,9 +11,8 @@
 mod common;
 
 use std::ffi::CString;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Write};
-use std::ops::Bound;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -23,8 +22,6 @@ use std::time::Duration;
 
 use common::*;
 use coven_group::{Config, Coven, Error, Familiar, ReplyErrorKind};
-use redb::backends::FileBackend;
-use redb::{BackendError, StorageBackend};
 
 /// Upper bound for anything a test waits on; reaching it is a failure.
 const GUARD: Duration = Duration::from_secs(60);
@@ -77,90 +74,27 @@ impl Disk {
     }
 }
 
-/// redb's file backend behind a disk that can fill up: writes (and growing the file once the
-/// disk is full) fail with `ENOSPC`, and fsync can be made to fail with `EIO`.
-#[derive(Debug)]
-struct FillingBackend {
-    file: FileBackend,
-    disk: Arc<Disk>,
-}
-
-impl FillingBackend {
-    fn open(path: &Path, disk: Arc<Disk>) -> Self {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)
-            .expect("open the store file");
-        Self {
-            file: FileBackend::new(file).expect("file backend"),
-            disk,
-        }
-    }
-}
-
-impl StorageBackend for FillingBackend {
-    fn len(&self) -> io::Result<u64> {
-        self.file.len()
+impl DiskFaults for Arc<Disk> {
+    fn before_write(&self, bytes: u64) -> io::Result<()> {
+        self.take(bytes)
     }
 
-    fn read(&self, offset: u64, out: &mut [u8]) -> io::Result<()> {
-        self.file.read(offset, out)
-    }
-
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        if len > self.file.len()? && self.disk.free.load(Ordering::SeqCst) == 0 {
-            self.disk.refused_writes.fetch_add(1, Ordering::SeqCst);
+    /// Growing the file fails once the disk is full.
+    fn before_grow(&self) -> io::Result<()> {
+        if self.free.load(Ordering::SeqCst) == 0 {
+            self.refused_writes.fetch_add(1, Ordering::SeqCst);
             return Err(Disk::full());
         }
-        self.file.set_len(len)
+        Ok(())
     }
 
-    fn sync_data(&self) -> io::Result<()> {
-        if self.disk.fail_sync.load(Ordering::SeqCst) {
-            self.disk.refused_syncs.fetch_add(1, Ordering::SeqCst);
+    /// fsync fails with `EIO` while `fail_sync` is set.
+    fn before_sync(&self) -> io::Result<()> {
+        if self.fail_sync.load(Ordering::SeqCst) {
+            self.refused_syncs.fetch_add(1, Ordering::SeqCst);
             return Err(io::Error::from_raw_os_error(libc::EIO));
         }
-        self.file.sync_data()
-    }
-
-    fn write(&self, offset: u64, data: &[u8]) -> io::Result<()> {
-        self.disk.take(data.len() as u64)?;
-        self.file.write(offset, data)
-    }
-
-    fn close(&self) -> io::Result<()> {
-        self.file.close()
-    }
-
-    fn try_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
-        self.file.try_lock_range(start, end)
-    }
-
-    fn try_lock_shared_range(
-        &self,
-        start: Bound<u64>,
-        end: Bound<u64>,
-    ) -> Result<bool, BackendError> {
-        self.file.try_lock_shared_range(start, end)
-    }
-
-    fn lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-        self.file.lock_range(start, end)
-    }
-
-    fn lock_shared_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-        self.file.lock_shared_range(start, end)
-    }
-
-    fn unlock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<(), BackendError> {
-        self.file.unlock_range(start, end)
-    }
-
-    fn query_lock_range(&self, start: Bound<u64>, end: Bound<u64>) -> Result<bool, BackendError> {
-        self.file.query_lock_range(start, end)
+        Ok(())
     }
 }
 
@@ -377,7 +311,7 @@ fn a_full_disk_refuses_with_storage_errors_and_loses_nothing_acknowledged() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("full.redb");
         let disk = Disk::unlimited();
-        let backend = FillingBackend::open(&path, disk.clone());
+        let backend = FaultyFile::open(&path, disk.clone());
         let coven = Arc::new(Coven::open_with_backend(backend, config()).unwrap());
         let group = prepare(&coven);
         let outcome = fill(&coven, &group, 2000, || {
@@ -397,7 +331,7 @@ fn a_failing_fsync_refuses_with_storage_errors_and_loses_nothing_acknowledged() 
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fsync.redb");
     let disk = Disk::unlimited();
-    let backend = FillingBackend::open(&path, disk.clone());
+    let backend = FaultyFile::open(&path, disk.clone());
     let coven = Arc::new(Coven::open_with_backend(backend, config()).unwrap());
     let group = prepare(&coven);
     let outcome = fill(&coven, &group, 100, || {
@@ -415,7 +349,7 @@ fn a_store_opened_on_a_full_disk_is_refused_with_a_storage_error() {
     let path = dir.path().join("new.redb");
     let disk = Disk::unlimited();
     disk.free.store(0, Ordering::SeqCst);
-    match Coven::open_with_backend(FillingBackend::open(&path, disk.clone()), config()) {
+    match Coven::open_with_backend(FaultyFile::open(&path, disk.clone()), config()) {
         Err(Error::Storage { .. }) => {}
         Err(other) => panic!("creating a store on a full disk failed with {other:?}"),
         Ok(_) => panic!("a store was created on a full disk"),

@@ -366,3 +366,121 @@ pub fn rss_kib() -> u64 {
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/self/status")
 }
+
+// ---- a store file on a disk that can fail ----
+
+/// What a test's disk does before the store file changes: an `Err` refuses the operation the way
+/// a full or failing disk does.
+pub trait DiskFaults: Send + Sync + std::fmt::Debug + 'static {
+    /// Before `bytes` are written.
+    fn before_write(&self, bytes: u64) -> std::io::Result<()>;
+    /// Before the file grows.
+    fn before_grow(&self) -> std::io::Result<()>;
+    /// Before an fsync.
+    fn before_sync(&self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// redb's file backend on a disk whose faults `D` decides.
+#[derive(Debug)]
+pub struct FaultyFile<D> {
+    file: redb::backends::FileBackend,
+    disk: D,
+}
+
+impl<D: DiskFaults> FaultyFile<D> {
+    /// Opens (creating if needed) the store file at `path`.
+    pub fn open(path: &Path, disk: D) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .expect("open the store file");
+        Self {
+            file: redb::backends::FileBackend::new(file).expect("file backend"),
+            disk,
+        }
+    }
+}
+
+impl<D: DiskFaults> redb::StorageBackend for FaultyFile<D> {
+    fn len(&self) -> std::io::Result<u64> {
+        self.file.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
+        self.file.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> std::io::Result<()> {
+        if len > self.file.len()? {
+            self.disk.before_grow()?;
+        }
+        self.file.set_len(len)
+    }
+
+    fn sync_data(&self) -> std::io::Result<()> {
+        self.disk.before_sync()?;
+        self.file.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.disk.before_write(data.len() as u64)?;
+        self.file.write(offset, data)
+    }
+
+    fn close(&self) -> std::io::Result<()> {
+        self.file.close()
+    }
+
+    fn try_lock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<bool, redb::BackendError> {
+        self.file.try_lock_range(start, end)
+    }
+
+    fn try_lock_shared_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<bool, redb::BackendError> {
+        self.file.try_lock_shared_range(start, end)
+    }
+
+    fn lock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<(), redb::BackendError> {
+        self.file.lock_range(start, end)
+    }
+
+    fn lock_shared_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<(), redb::BackendError> {
+        self.file.lock_shared_range(start, end)
+    }
+
+    fn unlock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<(), redb::BackendError> {
+        self.file.unlock_range(start, end)
+    }
+
+    fn query_lock_range(
+        &self,
+        start: std::ops::Bound<u64>,
+        end: std::ops::Bound<u64>,
+    ) -> Result<bool, redb::BackendError> {
+        self.file.query_lock_range(start, end)
+    }
+}
