@@ -1202,45 +1202,11 @@ const NO_ARGUMENTS: &[&str] = &[
     "check",
 ];
 /// The exported constructors, refused by `open_refusals_leave_no_file_behind_and_no_byte_changed`.
-const CONSTRUCTORS: &[&str] = &["open_path", "open_in_memory"];
+const CONSTRUCTORS: &[&str] = &["open", "open_in_memory"];
 
-/// The names of the methods in every `#[uniffi::export] impl Coven` block of the crate.
+/// The names of `Coven`'s exported operations, as the bindings call them.
 fn exported_operations() -> BTreeSet<String> {
-    let mut names = BTreeSet::new();
-    let mut dirs = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() {
-                dirs.push(path);
-                continue;
-            }
-            if path.extension().is_none_or(|ext| ext != "rs") {
-                continue;
-            }
-            let source = std::fs::read_to_string(&path).unwrap();
-            let mut lines = source.lines().peekable();
-            while let Some(line) = lines.next() {
-                if line.trim() != "#[uniffi::export]" || lines.peek() != Some(&"impl Coven {") {
-                    continue;
-                }
-                // A method exported under another name (`#[uniffi::method(name = "...")]`) is
-                // the bindings' entry to the same checks as the Rust method of that name.
-                let mut rename = None;
-                for line in lines.by_ref().take_while(|line| *line != "}") {
-                    if let Some(rest) = line.trim_start().strip_prefix("#[uniffi::method(name = \"")
-                    {
-                        rename = rest.split('"').next().map(str::to_owned);
-                    }
-                    if let Some(rest) = line.trim_start().strip_prefix("pub fn ") {
-                        let end = rest.find(['(', '<']).unwrap();
-                        names.insert(rename.take().unwrap_or_else(|| rest[..end].to_owned()));
-                    }
-                }
-            }
-        }
-    }
-    names
+    common::surface::coven_operations()
 }
 
 #[test]
