@@ -1312,16 +1312,7 @@ fn open_refusals_leave_no_file_behind_and_no_byte_changed() {
     // A store of a newer schema.
     let newer = dir.path().join("newer.redb");
     Coven::open(&newer, Config::default()).unwrap().close();
-    {
-        let db = redb::Database::open(&newer).unwrap();
-        let write = db.begin_write().unwrap();
-        write
-            .open_table(redb::TableDefinition::<&str, u64>::new("meta"))
-            .unwrap()
-            .insert("schema_version", 1_000)
-            .unwrap();
-        write.commit().unwrap();
-    }
+    claim_newer_schema(&newer);
     match Coven::open(&newer, Config::default()) {
         Err(Error::Storage { reason }) => assert!(reason.contains("newer"), "{reason}"),
         other => panic!("a newer store was not refused: {:?}", other.map(|_| ())),

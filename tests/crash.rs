@@ -22,7 +22,7 @@ mod orphan_host;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -68,10 +68,7 @@ fn expected_reply() -> String {
 
 /// One acknowledged write, as the child printed it.
 fn ack(line: &str) {
-    let mut out = std::io::stdout().lock();
-    out.write_all(format!("{ACK}{line}\n").as_bytes())
-        .expect("stdout");
-    out.flush().expect("stdout");
+    report_line(ACK, line);
 }
 
 /// The child's workload. A no-op unless the parent started this process with `STORE_ENV`.

@@ -335,16 +335,7 @@ fn a_store_refused_for_its_newer_schema_keeps_every_byte() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("newer.redb");
     Coven::open(&path, Config::default()).unwrap().close();
-    {
-        let db = redb::Database::open(&path).unwrap();
-        let write = db.begin_write().unwrap();
-        write
-            .open_table(redb::TableDefinition::<&str, u64>::new("meta"))
-            .unwrap()
-            .insert("schema_version", 1_000)
-            .unwrap();
-        write.commit().unwrap();
-    }
+    claim_newer_schema(&path);
     let before = file_bytes(&path);
     for _ in 0..2 {
         let refused = Coven::open(&path, Config::default());

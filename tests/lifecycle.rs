@@ -6,7 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -209,10 +209,7 @@ const SLACK: Duration = Duration::from_millis(1000);
 const QUIET_APPENDS: usize = 300;
 
 fn ack(line: &str) {
-    let mut out = io::stdout().lock();
-    out.write_all(format!("{ACK}{line}\n").as_bytes())
-        .expect("stdout");
-    out.flush().expect("stdout");
+    report_line(ACK, line);
 }
 
 /// The child's workload. A no-op unless the parent started this process with `STORE_ENV`.

@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -105,18 +104,7 @@ fn crash_mid_turn(path: &Path) -> (String, String, usize) {
         .expect("start the child");
     let mut child = KillOnDrop(child);
     let stdout = child.0.stdout.take().unwrap();
-    let (lines_tx, lines) = crossbeam_channel::unbounded();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            // libtest may print "test <name> ... " on the same line first.
-            if let Some((_, report)) = line.split_once(REPORT) {
-                if lines_tx.send(report.to_owned()).is_err() {
-                    return;
-                }
-            }
-        }
-    });
+    let lines = reported_lines(stdout, REPORT);
     let next = |key: &str| -> String {
         let line: String = lines
             .recv_timeout(GUARD)

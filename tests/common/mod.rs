@@ -486,3 +486,48 @@ impl<D: DiskFaults> redb::StorageBackend for FaultyFile<D> {
         self.file.query_lock_range(start, end)
     }
 }
+
+// ---- child processes that report to the test ----
+
+/// Prints one line a child process reports to its parent, after `prefix`, and flushes it at once
+/// (the parent may kill the child right after reading it).
+pub fn report_line(prefix: &str, line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(format!("{prefix}{line}\n").as_bytes())
+        .expect("stdout");
+    out.flush().expect("stdout");
+}
+
+/// The lines a child reported with `prefix` (without it), read from its stdout on a thread of
+/// their own; libtest may print "test <name> ... " on the same line first.
+pub fn reported_lines(
+    stdout: std::process::ChildStdout,
+    prefix: &'static str,
+) -> crossbeam_channel::Receiver<String> {
+    use std::io::BufRead;
+    let (lines_tx, lines) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if let Some((_, report)) = line.split_once(prefix) {
+                if lines_tx.send(report.to_owned()).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    lines
+}
+
+/// Makes the closed store at `path` claim a schema newer than this release's.
+pub fn claim_newer_schema(path: &Path) {
+    let db = redb::Database::open(path).unwrap();
+    let write = db.begin_write().unwrap();
+    write
+        .open_table(redb::TableDefinition::<&str, u64>::new("meta"))
+        .unwrap()
+        .insert("schema_version", 1_000)
+        .unwrap();
+    write.commit().unwrap();
+}

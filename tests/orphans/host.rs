@@ -6,7 +6,6 @@
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,7 +14,7 @@ use std::time::Duration;
 use coven_group::{Config, Coven, Familiar};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::support::{self, GUARD};
+use crate::support::{self, reported_lines, GUARD};
 
 /// Set (to the store path) only in the host process.
 const STORE_ENV: &str = "COVEN_GROUP_ORPHAN_STORE";
@@ -163,18 +162,7 @@ pub fn crash_host(host_test: &str, dir: &Path) -> Crashed {
         .expect("start the host");
     let mut host = KillOnDrop(host);
     let stdout = host.0.stdout.take().unwrap();
-    let (lines_tx, lines) = crossbeam_channel::unbounded();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { return };
-            // libtest may print "test <name> ... " on the same line first.
-            if let Some((_, report)) = line.split_once(REPORT) {
-                if lines_tx.send(report.to_owned()).is_err() {
-                    return;
-                }
-            }
-        }
-    });
+    let lines = reported_lines(stdout, REPORT);
     let report: String = lines
         .recv_timeout(GUARD)
         .unwrap_or_else(|_| panic!("the host did not report its agents running within {GUARD:?}"));

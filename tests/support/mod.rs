@@ -23,7 +23,7 @@ mod common;
 #[allow(unused_imports)]
 pub use common::{
     all_changes, assert_clean, assert_clean_and_idle, assert_seq_contiguous as assert_contiguous,
-    ids as strings,
+    ids as strings, reported_lines,
 };
 
 /// Upper bound for anything a test waits on; reaching it is a failure, never the expected path.
