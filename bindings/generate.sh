@@ -9,7 +9,8 @@
 # build output: regenerate it rather than committing it.
 #
 # COVEN_LIBRARY and UNIFFI_BINDGEN name an already built library and generator and skip the
-# build (the test suite uses them).
+# build (the test suite uses them). COVEN_FEATURES adds cargo features to the library's build
+# (`COVEN_FEATURES=testing` for scripts that use the test hooks, such as the `words:N` model).
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
@@ -31,7 +32,7 @@ esac
 
 library="${COVEN_LIBRARY:-}"
 if [ -z "$library" ]; then
-  cargo build --lib "${cargo_profile[@]}"
+  cargo build --lib "${cargo_profile[@]}" ${COVEN_FEATURES:+--features "$COVEN_FEATURES"}
   library="$target_dir/$profile/$lib_name"
 fi
 bindgen="${UNIFFI_BINDGEN:-}"

@@ -1,7 +1,7 @@
 """How many updates per second a Python listener takes in: the per-update cost of crossing the
 FFI (lifting each change into Python objects) and calling Python.
 
-    bindings/generate.sh --release
+    COVEN_FEATURES=testing bindings/generate.sh --release
     PYTHONPATH=target/bindings/python python3 bindings/listener_throughput.py
 
 Builds a group whose timeline holds at least 100,000 `ReplyDelta` changes (8 scripted members

@@ -70,9 +70,9 @@ impl Coven {
     }
 
     /// [`Coven::open`] with redb's page cache limited to `cache_bytes` instead of the store's
-    /// default of 64 MiB. For tests that measure the library's own memory; not part of the
-    /// bindings.
-    #[doc(hidden)]
+    /// default of 64 MiB. For tests that measure the library's own memory (`testing` feature);
+    /// not part of the bindings.
+    #[cfg(feature = "testing")]
     pub fn open_with_cache(
         path: impl AsRef<Path>,
         cache_bytes: usize,
@@ -86,8 +86,8 @@ impl Coven {
     }
 
     /// Opens a store on a caller-supplied redb storage backend. For tests that inject storage
-    /// faults (a backend that fails writes the way a full disk does); not part of the bindings.
-    #[doc(hidden)]
+    /// faults or count what reaches the disk (`testing` feature); not part of the bindings.
+    #[cfg(feature = "testing")]
     pub fn open_with_backend(backend: impl redb::StorageBackend, config: Config) -> Result<Self> {
         Self::start(store::open_backend(backend)?, config)
     }

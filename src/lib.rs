@@ -31,7 +31,7 @@ mod check;
 mod coven;
 mod error;
 mod fanout;
-#[doc(hidden)]
+#[cfg(feature = "testing")]
 pub mod fuzzing;
 mod guard;
 mod harness;

@@ -1,6 +1,7 @@
 //! The `scripted` harness: in-process and deterministic. Each familiar answers with a reply
-//! derived from its name and the user's message, streamed word by word. A familiar whose model
-//! is `words:N` answers with exactly N words (for load tests and benchmarks).
+//! derived from its name and the user's message, streamed word by word. With the `testing`
+//! feature, a familiar whose model is `words:N` answers with exactly N words (for load tests and
+//! benchmarks); without it, the model is ignored like any other.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ pub struct Scripted {
 /// The words a scripted familiar replies with; a pure function of familiar and message.
 pub fn reply_words(request: &TurnRequest) -> Vec<String> {
     let familiar = &request.familiar;
+    #[cfg(feature = "testing")]
     if let Some(count) = familiar
         .model
         .as_deref()

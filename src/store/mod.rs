@@ -20,7 +20,7 @@ use parking_lot::{Condvar, Mutex};
 
 use redb::{
     backends::{FileBackend, InMemoryBackend},
-    Database, ReadTransaction, ReadableDatabase, ReadableTable, StorageBackend,
+    Database, ReadTransaction, ReadableDatabase, ReadableTable,
 };
 
 use crate::error::{Error, Result};
@@ -182,7 +182,8 @@ pub fn open_memory() -> Result<Opened> {
 }
 
 /// A store on a caller-supplied redb backend (fault-injection tests wrap the file backend).
-pub fn open_backend(backend: impl StorageBackend) -> Result<Opened> {
+#[cfg(feature = "testing")]
+pub fn open_backend(backend: impl redb::StorageBackend) -> Result<Opened> {
     contain_panic("opening the store", || {
         let db = Database::builder().create_with_backend(backend)?;
         init_schema(&db)?;
