@@ -14,8 +14,10 @@
 
 use std::time::{Duration, SystemTime};
 
+use crate::error::{Error, Result};
+use crate::ids;
 use crate::model::{AdoptedMember, HistoryRole};
-use crate::store::ops::NewEvent;
+use crate::store::ops::{NewEvent, NewGroup};
 
 /// How far apart copies of one looped prompt may be and still be folded into one message.
 pub const MERGE_WINDOW: Duration = Duration::from_secs(10);
@@ -37,8 +39,31 @@ struct Placed<'a> {
     members: Vec<usize>,
 }
 
+/// The group an adoption creates (each member keeps the session it was given) and its woven
+/// timeline. Refuses a session id that does not parse or is given for two members.
+pub fn plan(title: Option<String>, members: &[AdoptedMember]) -> Result<(NewGroup, Vec<NewEvent>)> {
+    let mut sessions = Vec::with_capacity(members.len());
+    for member in members {
+        let session = ids::parse("session_id", &member.session_id)?;
+        if sessions.iter().any(|(_, seen)| *seen == session) {
+            return Err(Error::invalid(
+                "session_id",
+                format!("{} is given for two members", member.session_id),
+            ));
+        }
+        sessions.push((member.familiar_id.clone(), session));
+    }
+    let group = NewGroup {
+        id: ids::new_id(),
+        title,
+        members: sessions,
+        project_root: None,
+    };
+    Ok((group, interleave(members)))
+}
+
 /// The adopted timeline, in seq order.
-pub fn interleave(members: &[AdoptedMember]) -> Vec<NewEvent> {
+fn interleave(members: &[AdoptedMember]) -> Vec<NewEvent> {
     let mut entries: Vec<Entry<'_>> = members
         .iter()
         .enumerate()

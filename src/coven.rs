@@ -167,6 +167,18 @@ impl Coven {
         self.reads.read(body)
     }
 
+    /// A page of one group's records: the group id parsed and the page limit checked first.
+    fn read_page<T>(
+        &self,
+        group_id: &str,
+        limit: u32,
+        page: impl FnOnce(&Reader, u128) -> Result<T>,
+    ) -> Result<T> {
+        let group = ids::parse("group_id", group_id)?;
+        validate::limit(limit)?;
+        self.read(|reader| page(reader, group))
+    }
+
     /// Queues one operation for the writer and waits until its batch has committed.
     fn write<T, F>(&self, op: F) -> Result<T>
     where
@@ -352,9 +364,9 @@ impl Coven {
         after_seq: u64,
         limit: u32,
     ) -> Result<Vec<GroupEvent>> {
-        let group = ids::parse("group_id", group_id)?;
-        validate::limit(limit)?;
-        self.read(|reader| reader.events(group, after_seq, limit))
+        self.read_page(group_id, limit, |reader, group| {
+            reader.events(group, after_seq, limit)
+        })
     }
 
     /// Up to `limit` committed changes with rev greater than `after_rev`, in rev order.
@@ -364,9 +376,9 @@ impl Coven {
         after_rev: u64,
         limit: u32,
     ) -> Result<Vec<GroupChange>> {
-        let group = ids::parse("group_id", group_id)?;
-        validate::limit(limit)?;
-        self.read(|reader| reader.changes(group, after_rev, limit))
+        self.read_page(group_id, limit, |reader, group| {
+            reader.changes(group, after_rev, limit)
+        })
     }
 
     /// Renames the group; the rename is a system event in the timeline.
@@ -422,24 +434,7 @@ impl Coven {
             validate::title(title)?;
         }
         validate::adoption(&members)?;
-        let mut sessions = Vec::with_capacity(members.len());
-        for member in &members {
-            let session = ids::parse("session_id", &member.session_id)?;
-            if sessions.iter().any(|(_, seen)| *seen == session) {
-                return Err(Error::invalid(
-                    "session_id",
-                    format!("{} is given for two members", member.session_id),
-                ));
-            }
-            sessions.push((member.familiar_id.clone(), session));
-        }
-        let timeline = adopt::interleave(&members);
-        let new = NewGroup {
-            id: ids::new_id(),
-            title,
-            members: sessions,
-            project_root: None,
-        };
+        let (new, timeline) = adopt::plan(title, &members)?;
         self.write(move |batch| batch.adopt_group(new, timeline))
     }
 
@@ -522,11 +517,9 @@ impl Coven {
 
     // ---- subscriptions and pull clients ----
 
-    /// Delivers every change committed after `after_rev` to `listener`, exactly once and in rev
-    /// order: first the backlog from the store, then live, with no gap or duplicate at the
-    /// hand-off. Delivery runs on the subscription's own thread; `cancel()` or releasing the
-    /// returned handle stops it. Deleting the group ends it with a final `GroupDeleted`. The
-    /// listener's runtime may end the delivery thread (Python does at interpreter exit).
+    /// [`Coven::subscribe`] for the bindings, where releasing the returned handle stops delivery
+    /// and the listener's runtime may end the delivery thread (Python does at interpreter exit),
+    /// so a listener's panic is not caught on its way through.
     #[doc(hidden)]
     #[uniffi::method(name = "subscribe")]
     pub fn subscribe_foreign(
