@@ -3,21 +3,10 @@
 //! partial messages, from the `assistant` message), the session id from `system`/`init` is the
 //! resume token, and `result` says success or error. Unknown line types are ignored.
 
-use std::sync::Arc;
-
 use serde_json::Value;
 
 use super::jsonl::{self, LineEvent, Protocol};
-use super::{Harness, ReplySink, TurnRequest};
-use crate::error::Result;
-
-pub struct Claude;
-
-impl Harness for Claude {
-    fn run_turn(&self, request: TurnRequest, sink: Arc<ReplySink>) -> Result<bool> {
-        jsonl::run(ClaudeLines::default(), request, sink).map(|()| true)
-    }
-}
+use super::TurnRequest;
 
 /// Parser state: whether the current assistant message already streamed its text.
 #[derive(Default)]
@@ -31,24 +20,19 @@ impl Protocol for ClaudeLines {
     const INSTALL_HINT: &'static str =
         "Install Claude Code with `npm install -g @anthropic-ai/claude-code` and sign in with `claude`.";
 
-    fn args(request: &TurnRequest) -> Vec<String> {
-        let mut args: Vec<String> = [
-            "-p",
-            "--output-format",
-            "stream-json",
-            "--verbose",
-            "--include-partial-messages",
-        ]
-        .map(String::from)
-        .to_vec();
+    const ARGS: &'static [&'static str] = &[
+        "-p",
+        "--output-format",
+        "stream-json",
+        "--verbose",
+        "--include-partial-messages",
+    ];
+
+    fn session_args(request: &TurnRequest) -> Vec<String> {
         match &request.resume_token {
-            Some(token) => args.extend(["--resume".to_owned(), token.clone()]),
-            None => args.extend(["--session-id".to_owned(), request.session_id.clone()]),
+            Some(token) => vec!["--resume".to_owned(), token.clone()],
+            None => vec!["--session-id".to_owned(), request.session_id.clone()],
         }
-        if let Some(model) = &request.familiar.model {
-            args.extend(["--model".to_owned(), model.clone()]);
-        }
-        args
     }
 
     fn parse(&mut self, line: &[u8]) -> std::result::Result<Vec<LineEvent>, String> {

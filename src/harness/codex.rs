@@ -3,21 +3,10 @@
 //! resume token; the reply is the text of completed `agent_message` items (Codex does not stream
 //! tokens); `turn.failed` and `error` are failures. Unknown line types are ignored.
 
-use std::sync::Arc;
-
 use serde_json::Value;
 
 use super::jsonl::{self, LineEvent, Protocol};
-use super::{Harness, ReplySink, TurnRequest};
-use crate::error::Result;
-
-pub struct Codex;
-
-impl Harness for Codex {
-    fn run_turn(&self, request: TurnRequest, sink: Arc<ReplySink>) -> Result<bool> {
-        jsonl::run(CodexLines::default(), request, sink).map(|()| true)
-    }
-}
+use super::TurnRequest;
 
 #[derive(Default)]
 pub struct CodexLines {
@@ -29,19 +18,17 @@ impl Protocol for CodexLines {
     const INSTALL_HINT: &'static str =
         "Install Codex with `npm install -g @openai/codex` and sign in with `codex login`.";
 
-    fn args(request: &TurnRequest) -> Vec<String> {
-        let mut args: Vec<String> = [
-            "exec",
-            "--json",
-            "--skip-git-repo-check",
-            "--color",
-            "never",
-        ]
-        .map(String::from)
-        .to_vec();
-        if let Some(model) = &request.familiar.model {
-            args.extend(["--model".to_owned(), model.clone()]);
-        }
+    const ARGS: &'static [&'static str] = &[
+        "exec",
+        "--json",
+        "--skip-git-repo-check",
+        "--color",
+        "never",
+    ];
+
+    /// `resume <thread>` on later turns, then `-`: the prompt comes on stdin.
+    fn session_args(request: &TurnRequest) -> Vec<String> {
+        let mut args = Vec::new();
         if let Some(thread) = &request.resume_token {
             args.extend(["resume".to_owned(), thread.clone()]);
         }

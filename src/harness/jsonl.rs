@@ -2,11 +2,12 @@
 //! stdin, parse each stdout line with the CLI's protocol, and turn what it says into reply text,
 //! a resume token, completion or failure.
 
+use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::Arc;
 
 use super::process::{self, Ending};
-use super::{harness_error, ReplySink, TurnRequest};
+use super::{harness_error, Harness, ReplySink, TurnRequest};
 use crate::error::Result;
 
 /// What one output line means.
@@ -24,10 +25,38 @@ pub trait Protocol {
     const PROGRAM: &'static str;
     /// How to install it, for the error shown when it is missing.
     const INSTALL_HINT: &'static str;
-    /// Arguments after the program name.
-    fn args(request: &TurnRequest) -> Vec<String>;
+    /// The arguments every run starts with.
+    const ARGS: &'static [&'static str];
+    /// The arguments after `ARGS` and the familiar's `--model`: how the run starts or resumes
+    /// its session.
+    fn session_args(request: &TurnRequest) -> Vec<String>;
     /// Interprets one line; `Err` means the output is not this protocol (invalid output).
     fn parse(&mut self, line: &[u8]) -> std::result::Result<Vec<LineEvent>, String>;
+}
+
+/// The harness of a JSON-lines CLI: each run parses with a fresh `P`.
+pub struct JsonLines<P>(PhantomData<fn() -> P>);
+
+impl<P> Default for JsonLines<P> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+
+impl<P: Protocol + Default> Harness for JsonLines<P> {
+    fn run_turn(&self, request: TurnRequest, sink: Arc<ReplySink>) -> Result<bool> {
+        run(P::default(), request, sink).map(|()| true)
+    }
+}
+
+/// The arguments after the program name.
+fn args<P: Protocol>(request: &TurnRequest) -> Vec<String> {
+    let mut args: Vec<String> = P::ARGS.iter().map(|arg| (*arg).to_owned()).collect();
+    if let Some(model) = &request.familiar.model {
+        args.extend(["--model".to_owned(), model.clone()]);
+    }
+    args.extend(P::session_args(request));
+    args
 }
 
 /// Runs one turn of a JSON-lines CLI.
@@ -40,7 +69,7 @@ pub fn run<P: Protocol>(mut protocol: P, request: TurnRequest, sink: Arc<ReplySi
         ))
     })?;
     let cwd = request.cwd.as_deref().map(Path::new);
-    let running = process::spawn_lines(&program, &P::args(&request), cwd, Some(request.prompt))?;
+    let running = process::spawn_lines(&program, &args::<P>(&request), cwd, Some(request.prompt))?;
 
     let mut completed = false;
     let mut failure: Option<String> = None;

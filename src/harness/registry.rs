@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 
+use super::jsonl::JsonLines;
 use super::{claude, codex, pty, scripted, Harness, RegisteredHarness};
 use crate::error::{Error, Result};
 use crate::guard;
@@ -41,8 +42,11 @@ impl Harnesses {
         let builtins: [(&str, Arc<dyn Harness>); 4] = [
             ("scripted", Arc::new(scripted)),
             ("command", Arc::new(pty::Pty)),
-            ("claude", Arc::new(claude::Claude)),
-            ("codex", Arc::new(codex::Codex)),
+            (
+                "claude",
+                Arc::new(JsonLines::<claude::ClaudeLines>::default()),
+            ),
+            ("codex", Arc::new(JsonLines::<codex::CodexLines>::default())),
         ];
         let harnesses = builtins
             .into_iter()
