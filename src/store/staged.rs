@@ -180,6 +180,19 @@ fn failed(reason: &str) -> io::Error {
     io::Error::other(reason.to_owned())
 }
 
+/// Forwards redb's byte-range lock methods to the file backend.
+macro_rules! delegate_range_locks {
+    ($($method:ident -> $locked:ty),* $(,)?) => {
+        $(fn $method(
+            &self,
+            start: Bound<u64>,
+            end: Bound<u64>,
+        ) -> std::result::Result<$locked, BackendError> {
+            self.shared.file.$method(start, end)
+        })*
+    };
+}
+
 impl StorageBackend for StagedFile {
     fn len(&self) -> io::Result<u64> {
         let file = &self.shared.file;
@@ -270,53 +283,15 @@ impl StorageBackend for StagedFile {
         self.shared.file.close()
     }
 
-    fn try_lock_range(
-        &self,
-        start: Bound<u64>,
-        end: Bound<u64>,
-    ) -> std::result::Result<bool, BackendError> {
-        self.shared.file.try_lock_range(start, end)
-    }
-
-    fn try_lock_shared_range(
-        &self,
-        start: Bound<u64>,
-        end: Bound<u64>,
-    ) -> std::result::Result<bool, BackendError> {
-        self.shared.file.try_lock_shared_range(start, end)
-    }
-
-    fn lock_range(
-        &self,
-        start: Bound<u64>,
-        end: Bound<u64>,
-    ) -> std::result::Result<(), BackendError> {
-        self.shared.file.lock_range(start, end)
-    }
-
-    fn lock_shared_range(
-        &self,
-        start: Bound<u64>,
-        end: Bound<u64>,
-    ) -> std::result::Result<(), BackendError> {
-        self.shared.file.lock_shared_range(start, end)
-    }
-
-    fn unlock_range(
-        &self,
-        start: Bound<u64>,
-        end: Bound<u64>,
-    ) -> std::result::Result<(), BackendError> {
-        self.shared.file.unlock_range(start, end)
-    }
-
-    fn query_lock_range(
-        &self,
-        start: Bound<u64>,
-        end: Bound<u64>,
-    ) -> std::result::Result<bool, BackendError> {
-        self.shared.file.query_lock_range(start, end)
-    }
+    // Range locks guard the file itself, not the staged pages: they go straight to it.
+    delegate_range_locks!(
+        try_lock_range -> bool,
+        try_lock_shared_range -> bool,
+        lock_range -> (),
+        lock_shared_range -> (),
+        unlock_range -> (),
+        query_lock_range -> bool,
+    );
 }
 
 impl fmt::Debug for StagedFile {
