@@ -17,9 +17,6 @@
 mod common;
 #[path = "orphans/host.rs"]
 mod orphan_host;
-// The orphan host uses the process helpers, which bring their own copy of `common`.
-#[allow(clippy::duplicate_mod)]
-mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader};

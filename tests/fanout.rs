@@ -3,13 +3,13 @@
 //! silence timeout, resume tokens and the roster prompt. Host harnesses driven step by step
 //! decide which member speaks first, so every ordering here is forced, not hoped for.
 
-mod support;
+mod common;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::*;
 use coven_group::{Config, Coven, Error, EventKind, GroupUpdate, ReplyErrorKind, SessionStatus};
-use support::*;
 
 fn memory(config: Config) -> Arc<Coven> {
     Arc::new(Coven::open_in_memory(config).expect("open an in-memory store"))
@@ -44,7 +44,7 @@ fn seq_follows_first_output_order_and_is_persisted() {
         coven.register_familiar(familiar(id, id, "puppet")).unwrap();
     }
     let hands: Vec<Hand> = roster.iter().map(|id| puppet.hand(id)).collect();
-    let group = coven.create_group(None, strings(&roster), None).unwrap();
+    let group = coven.create_group(None, ids(&roster), None).unwrap();
     let turn = coven.send(&group.id, "hello".into(), None).unwrap();
     assert_eq!(turn.user_event.seq, 1);
     for hand in &hands {
@@ -64,7 +64,7 @@ fn seq_follows_first_output_order_and_is_persisted() {
     finish_turn(&coven, &turn.turn_id);
 
     let snapshot = coven.get_group(&group.id).unwrap();
-    assert_contiguous(&snapshot.events);
+    assert_seq_contiguous(&snapshot.events);
     let order: Vec<&str> = snapshot.events[1..]
         .iter()
         .map(|event| event.familiar_id.as_deref().unwrap())
@@ -115,15 +115,15 @@ fn every_reply_is_attributed_to_its_familiar() {
             .register_familiar(familiar(id, name, "scripted"))
             .unwrap();
     }
-    let ids: Vec<&str> = members.iter().map(|(id, _)| *id).collect();
-    let group = coven.create_group(None, strings(&ids), None).unwrap();
+    let member_ids: Vec<&str> = members.iter().map(|(id, _)| *id).collect();
+    let group = coven.create_group(None, ids(&member_ids), None).unwrap();
     let turn = coven
         .send(&group.id, "what is a familiar".into(), Some("Sam".into()))
         .unwrap();
     finish_turn(&coven, &turn.turn_id);
 
     let snapshot = coven.get_group(&group.id).unwrap();
-    assert_contiguous(&snapshot.events);
+    assert_seq_contiguous(&snapshot.events);
     assert_eq!(snapshot.events.len(), 1 + members.len());
     let user = &snapshot.events[0];
     assert_eq!(user.kind, EventKind::User);
@@ -131,7 +131,7 @@ fn every_reply_is_attributed_to_its_familiar() {
     assert_eq!(user.turn_id.as_deref(), Some(turn.turn_id.as_str()));
     let changes = all_changes(&coven, &group.id);
     for (id, name) in members {
-        let event = reply(&snapshot, &turn.turn_id, id);
+        let event = reply_of(&snapshot, &turn.turn_id, id);
         assert_eq!(event.author, None);
         assert_eq!(event.error, None);
         assert!(!event.streaming);
@@ -167,7 +167,7 @@ fn every_reply_is_attributed_to_its_familiar() {
 fn reply_text_is_the_concatenation_of_its_deltas() {
     let (coven, puppet) = puppet_store(Config::default(), &[("solo", "Solo")]);
     let hand = puppet.hand("solo");
-    let group = coven.create_group(None, strings(&["solo"]), None).unwrap();
+    let group = coven.create_group(None, ids(&["solo"]), None).unwrap();
     let turn = coven.send(&group.id, "stream please".into(), None).unwrap();
     hand.request();
 
@@ -193,7 +193,7 @@ fn reply_text_is_the_concatenation_of_its_deltas() {
     finish_turn(&coven, &turn.turn_id);
 
     let snapshot = coven.get_group(&group.id).unwrap();
-    let event = reply(&snapshot, &turn.turn_id, "solo");
+    let event = reply_of(&snapshot, &turn.turn_id, "solo");
     let expected: String = pieces.concat();
     assert_eq!(event.text, expected);
     assert!(!event.streaming, "a finished reply is no longer streaming");
@@ -231,7 +231,7 @@ fn a_failing_member_fails_alone() {
     let declines = puppet.hand("declines");
     let mute = puppet.hand("mute");
     let roster = ["errs", "fine", "panics", "declines", "mute"];
-    let group = coven.create_group(None, strings(&roster), None).unwrap();
+    let group = coven.create_group(None, ids(&roster), None).unwrap();
     let turn = coven.send(&group.id, "go".into(), None).unwrap();
     errs.request();
     panics.request();
@@ -250,9 +250,9 @@ fn a_failing_member_fails_alone() {
     finish_turn(&coven, &turn.turn_id);
 
     let snapshot = coven.get_group(&group.id).unwrap();
-    assert_contiguous(&snapshot.events);
+    assert_seq_contiguous(&snapshot.events);
     let failed = |id: &str, text: &str, message: &str| {
-        let event = reply(&snapshot, &turn.turn_id, id);
+        let event = reply_of(&snapshot, &turn.turn_id, id);
         assert!(!event.streaming);
         assert_eq!(event.text, text, "{id} keeps its partial text");
         let error = event
@@ -270,7 +270,7 @@ fn a_failing_member_fails_alone() {
     failed("panics", "before the panic", "panicked");
     failed("declines", "half", "declined by the host");
     failed("mute", "", "without producing any output");
-    let fine = reply(&snapshot, &turn.turn_id, "fine");
+    let fine = reply_of(&snapshot, &turn.turn_id, "fine");
     assert_eq!(fine.error, None);
     assert!(fine.text.ends_with("says Fine."));
 
@@ -295,7 +295,7 @@ fn a_failing_member_fails_alone() {
     finish_turn(&coven, &next.turn_id);
     let snapshot = coven.get_group(&group.id).unwrap();
     for id in roster {
-        assert_eq!(reply(&snapshot, &next.turn_id, id).error, None, "{id}");
+        assert_eq!(reply_of(&snapshot, &next.turn_id, id).error, None, "{id}");
     }
     assert!(coven
         .sessions_of(&group.id)
@@ -310,13 +310,13 @@ fn a_failing_member_fails_alone() {
 fn a_member_without_output_fails_its_session() {
     let (coven, puppet) = puppet_store(Config::default(), &[("mute", "Mute")]);
     let mute = puppet.hand("mute");
-    let group = coven.create_group(None, strings(&["mute"]), None).unwrap();
+    let group = coven.create_group(None, ids(&["mute"]), None).unwrap();
     let turn = coven.send(&group.id, "anyone?".into(), None).unwrap();
     mute.request();
     mute.finish();
     finish_turn(&coven, &turn.turn_id);
     let snapshot = coven.get_group(&group.id).unwrap();
-    let event = reply(&snapshot, &turn.turn_id, "mute");
+    let event = reply_of(&snapshot, &turn.turn_id, "mute");
     assert_eq!(
         event.error.as_ref().map(|e| e.kind),
         Some(ReplyErrorKind::Failed)
@@ -335,7 +335,7 @@ fn a_member_without_output_fails_its_session() {
 fn a_second_send_while_a_turn_runs_is_a_conflict_naming_it() {
     let (coven, puppet) = puppet_store(Config::default(), &[("slow", "Slow")]);
     let hand = puppet.hand("slow");
-    let group = coven.create_group(None, strings(&["slow"]), None).unwrap();
+    let group = coven.create_group(None, ids(&["slow"]), None).unwrap();
     let first = coven.send(&group.id, "first".into(), None).unwrap();
     hand.request();
     let before = coven.get_group(&group.id).unwrap();
@@ -372,7 +372,7 @@ fn wait_turn_is_true_only_once_every_reply_is_committed() {
         .unwrap();
     let held = puppet.hand("held");
     let group = coven
-        .create_group(None, strings(&["quick", "held"]), None)
+        .create_group(None, ids(&["quick", "held"]), None)
         .unwrap();
     let turn = coven.send(&group.id, "hi".into(), None).unwrap();
     held.request();
@@ -395,7 +395,7 @@ fn wait_turn_is_true_only_once_every_reply_is_committed() {
         assert_eq!(event.error, None);
     }
     assert_eq!(
-        reply(&snapshot, &turn.turn_id, "held").text,
+        reply_of(&snapshot, &turn.turn_id, "held").text,
         "partial and the rest"
     );
     assert!(coven
@@ -420,7 +420,7 @@ fn cancel_keeps_partial_text_and_marks_every_reply_cancelled() {
     let talker = puppet.hand("talker");
     let thinker = puppet.hand("thinker");
     let group = coven
-        .create_group(None, strings(&["talker", "thinker"]), None)
+        .create_group(None, ids(&["talker", "thinker"]), None)
         .unwrap();
     let turn = coven.send(&group.id, "long question".into(), None).unwrap();
     talker.request();
@@ -434,15 +434,15 @@ fn cancel_keeps_partial_text_and_marks_every_reply_cancelled() {
     finish_turn(&coven, &turn.turn_id);
 
     let snapshot = coven.get_group(&group.id).unwrap();
-    assert_contiguous(&snapshot.events);
-    let talked = reply(&snapshot, &turn.turn_id, "talker");
+    assert_seq_contiguous(&snapshot.events);
+    let talked = reply_of(&snapshot, &turn.turn_id, "talker");
     assert_eq!(talked.text, "partial answer");
     assert!(!talked.streaming);
     assert_eq!(
         talked.error.as_ref().map(|e| e.kind),
         Some(ReplyErrorKind::Cancelled)
     );
-    let thought = reply(&snapshot, &turn.turn_id, "thinker");
+    let thought = reply_of(&snapshot, &turn.turn_id, "thinker");
     assert_eq!(thought.text, "");
     assert_eq!(
         thought.error.as_ref().map(|e| e.kind),
@@ -478,7 +478,7 @@ fn a_silent_member_times_out_and_keeps_its_text() {
         .unwrap();
     let stuck = puppet.hand("stuck");
     let group = coven
-        .create_group(None, strings(&["stuck", "quick"]), None)
+        .create_group(None, ids(&["stuck", "quick"]), None)
         .unwrap();
     let started = Instant::now();
     let turn = coven.send(&group.id, "hello?".into(), None).unwrap();
@@ -489,13 +489,13 @@ fn a_silent_member_times_out_and_keeps_its_text() {
     assert!(started.elapsed() >= Duration::from_millis(200));
 
     let snapshot = coven.get_group(&group.id).unwrap();
-    let event = reply(&snapshot, &turn.turn_id, "stuck");
+    let event = reply_of(&snapshot, &turn.turn_id, "stuck");
     assert_eq!(event.text, "thinking...");
     assert!(!event.streaming);
     let error = event.error.as_ref().expect("an error marker");
     assert_eq!(error.kind, ReplyErrorKind::TimedOut);
     assert!(error.message.contains("200 ms"), "{:?}", error.message);
-    assert_eq!(reply(&snapshot, &turn.turn_id, "quick").error, None);
+    assert_eq!(reply_of(&snapshot, &turn.turn_id, "quick").error, None);
     let sessions = coven.sessions_of(&group.id).unwrap();
     let status = |id: &str| {
         sessions
@@ -512,7 +512,7 @@ fn a_silent_member_times_out_and_keeps_its_text() {
 fn the_resume_token_is_kept_on_the_session_and_given_back() {
     let (coven, puppet) = puppet_store(Config::default(), &[("agent", "Agent")]);
     let hand = puppet.hand("agent");
-    let group = coven.create_group(None, strings(&["agent"]), None).unwrap();
+    let group = coven.create_group(None, ids(&["agent"]), None).unwrap();
     let session_id = group.session_of("agent").unwrap().to_owned();
 
     let turn_with = |token: Option<&str>| {
@@ -565,9 +565,9 @@ fn each_prompt_names_the_rest_of_the_roster() {
     cy.preamble = Some("You answer in one line.".into());
     coven.register_familiar(cy).unwrap();
     let hands: Vec<Hand> = members.iter().map(|(id, _)| puppet.hand(id)).collect();
-    let ids: Vec<&str> = members.iter().map(|(id, _)| *id).collect();
+    let member_ids: Vec<&str> = members.iter().map(|(id, _)| *id).collect();
     let group = coven
-        .create_group(Some("Night shift".into()), strings(&ids), None)
+        .create_group(Some("Night shift".into()), ids(&member_ids), None)
         .unwrap();
     let turn = coven
         .send(&group.id, "who is here?".into(), Some("Sam".into()))
@@ -600,7 +600,7 @@ fn each_prompt_names_the_rest_of_the_roster() {
     finish_turn(&coven, &turn.turn_id);
 
     // Alone in a group, a familiar is told so.
-    let solo = coven.create_group(None, strings(&["ada"]), None).unwrap();
+    let solo = coven.create_group(None, ids(&["ada"]), None).unwrap();
     let turn = coven.send(&solo.id, "hi".into(), None).unwrap();
     let request = hands[0].request();
     hands[0].finish();
@@ -639,10 +639,10 @@ fn eight_members_stream_two_thousand_words_each() {
     eprintln!("one send to 8 scripted members x 2000 words (durable file store): {elapsed:?}");
 
     let snapshot = coven.get_group(&group.id).unwrap();
-    assert_contiguous(&snapshot.events);
+    assert_seq_contiguous(&snapshot.events);
     assert_eq!(snapshot.events.len(), 9);
     for id in &ids {
-        let event = reply(&snapshot, &turn.turn_id, id);
+        let event = reply_of(&snapshot, &turn.turn_id, id);
         assert_eq!(event.error, None, "{id}");
         assert!(!event.streaming);
         assert_eq!(event.text.split_whitespace().count(), 2000, "{id}");

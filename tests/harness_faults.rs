@@ -9,29 +9,21 @@
 //! The tests of this file take one lock, so that the /proc scans and the peak-memory figures
 //! they read are their own.
 
-mod support;
+mod common;
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::*;
 use coven_group::{
     Config, Coven, GroupConversation, GroupEvent, GroupSnapshot, ReplyErrorKind, SessionStatus,
     MAX_REPLY_BYTES,
 };
 use serde_json::Value;
-use support::*;
 use tempfile::TempDir;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// Memory a 100 MiB reply may add to this process's peak resident set: room for the reply cut
 /// at [`MAX_REPLY_BYTES`] and stored (its chunks, its change log, its final text) and read back,
@@ -81,7 +73,7 @@ impl Scene {
         let group = coven
             .create_group(
                 None,
-                strings(&["faulty", "steady"]),
+                ids(&["faulty", "steady"]),
                 Some(root.to_string_lossy().into_owned()),
             )
             .unwrap();
@@ -100,11 +92,11 @@ impl Scene {
         let turn = self.coven.send(&self.group.id, text, None).unwrap().turn_id;
         finish_turn(&self.coven, &turn);
         let snapshot = self.coven.get_group(&self.group.id).unwrap();
-        assert_contiguous(&snapshot.events);
+        assert_seq_contiguous(&snapshot.events);
         assert_steady(&snapshot, &turn);
         // The library reaps each child before the reply's end commits: no waiting here.
         assert_no_children();
-        let event = reply(&snapshot, &turn, "faulty").clone();
+        let event = reply_of(&snapshot, &turn, "faulty").clone();
         assert!(!event.streaming);
         event
     }
@@ -125,7 +117,7 @@ impl Scene {
 }
 
 fn assert_steady(snapshot: &GroupSnapshot, turn: &str) {
-    let steady = reply(snapshot, turn, "steady");
+    let steady = reply_of(snapshot, turn, "steady");
     assert_eq!(steady.error, None, "the steady member was affected");
     assert_eq!(steady.text, STEADY_TEXT);
 }
@@ -185,19 +177,9 @@ fn assert_no_children() {
 
 // ---- memory ----
 
-fn status_kib(field: &str) -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap();
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix(field))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or_else(|| panic!("{field} in /proc/self/status"))
-}
-
 /// Runs `work` and returns by how much it raised this process's peak resident set (KiB).
 fn peak_growth<T>(work: impl FnOnce() -> T) -> (T, u64) {
-    // Writing 5 to clear_refs resets VmHWM to the current VmRSS (Linux 4.0 and later).
-    std::fs::write("/proc/self/clear_refs", "5").expect("reset the peak resident set");
+    reset_peak_rss();
     let before = status_kib("VmRSS:");
     let out = work();
     let peak = status_kib("VmHWM:");
@@ -356,7 +338,7 @@ fn missing_clis() {
     let group = coven
         .create_group(
             None,
-            strings(&["cl", "cx", "steady"]),
+            ids(&["cl", "cx", "steady"]),
             Some(root.path().to_string_lossy().into_owned()),
         )
         .unwrap();
@@ -365,13 +347,13 @@ fn missing_clis() {
     let snapshot = coven.get_group(&group.id).unwrap();
     assert_steady(&snapshot, &turn);
     let message = assert_failed(
-        reply(&snapshot, &turn, "cl"),
+        reply_of(&snapshot, &turn, "cl"),
         ReplyErrorKind::Failed,
         "`claude` was not found on PATH",
     );
     assert!(message.contains("npm install"), "{message}");
     let message = assert_failed(
-        reply(&snapshot, &turn, "cx"),
+        reply_of(&snapshot, &turn, "cx"),
         ReplyErrorKind::Failed,
         "`codex` was not found on PATH",
     );
@@ -523,7 +505,7 @@ fn process_limit() {
             let group = coven
                 .create_group(
                     None,
-                    strings(&[id]),
+                    ids(&[id]),
                     Some(root.path().to_string_lossy().into_owned()),
                 )
                 .unwrap();
@@ -537,8 +519,8 @@ fn process_limit() {
             .turn_id;
         finish_turn(&coven, &turn);
         let snapshot = coven.get_group(&group.id).unwrap();
-        assert_contiguous(&snapshot.events);
-        reply(&snapshot, &turn, id).clone()
+        assert_seq_contiguous(&snapshot.events);
+        reply_of(&snapshot, &turn, id).clone()
     };
     // Every member answers without a limit, as this uid too.
     for (id, text, group) in &groups {
@@ -757,7 +739,7 @@ fn a_host_harness_past_the_reply_limit_is_cut_and_fails() {
     steady.model = Some("words:5".into());
     coven.register_familiar(steady).unwrap();
     let group = coven
-        .create_group(None, strings(&["faulty", "steady"]), None)
+        .create_group(None, ids(&["faulty", "steady"]), None)
         .unwrap();
     let hand = puppet.hand("faulty");
     let turn = coven.send(&group.id, "hi".into(), None).unwrap().turn_id;
@@ -769,7 +751,7 @@ fn a_host_harness_past_the_reply_limit_is_cut_and_fails() {
     finish_turn(&coven, &turn);
     let snapshot = coven.get_group(&group.id).unwrap();
     assert_steady(&snapshot, &turn);
-    let event = reply(&snapshot, &turn, "faulty");
+    let event = reply_of(&snapshot, &turn, "faulty");
     assert_failed(event, ReplyErrorKind::Failed, "exceeded the limit");
     assert_eq!(event.text.len(), MAX_REPLY_BYTES - 1);
     assert!(event.text.bytes().all(|b| b == b'h'));

@@ -3,16 +3,16 @@
 //! The fakes pick their behaviour from `SCENARIO:<name>` in the prompt and log each run (argv,
 //! pids, cwd, emitted id) to `fake-<program>.jsonl` in their working directory.
 
-mod support;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use common::*;
 use coven_group::{
     Config, Coven, Error, GroupConversation, GroupEvent, ReplyErrorKind, Session, SessionStatus,
 };
 use serde_json::Value;
-use support::*;
 use tempfile::TempDir;
 
 fn store(config: Config) -> Arc<Coven> {
@@ -71,7 +71,7 @@ impl Single {
         let group = coven
             .create_group(
                 None,
-                strings(&["agent"]),
+                ids(&["agent"]),
                 Some(root.to_string_lossy().into_owned()),
             )
             .unwrap();
@@ -93,8 +93,8 @@ impl Single {
         let turn = self.send(scenario);
         finish_turn(&self.coven, &turn);
         let snapshot = self.coven.get_group(&self.group.id).unwrap();
-        assert_contiguous(&snapshot.events);
-        let event = reply(&snapshot, &turn, "agent").clone();
+        assert_seq_contiguous(&snapshot.events);
+        let event = reply_of(&snapshot, &turn, "agent").clone();
         assert!(!event.streaming);
         event
     }
@@ -253,7 +253,7 @@ fn codex_replies_with_completed_agent_messages() {
     let record = records(&run.root, "codex").remove(0);
     assert_eq!(
         argv(&record)[1..],
-        strings(&[
+        ids(&[
             "exec",
             "--json",
             "--skip-git-repo-check",
@@ -400,7 +400,7 @@ fn hang_times_out(program: &str) {
     finish_turn(&run.coven, &turn);
     let snapshot = run.coven.get_group(&run.group.id).unwrap();
     assert_failed(
-        reply(&snapshot, &turn, "agent"),
+        reply_of(&snapshot, &turn, "agent"),
         ReplyErrorKind::TimedOut,
         "waiting",
         "no output for 1500 ms",
@@ -417,7 +417,7 @@ fn hang_is_cancelled(program: &str) {
     finish_turn(&run.coven, &turn);
     let snapshot = run.coven.get_group(&run.group.id).unwrap();
     assert_failed(
-        reply(&snapshot, &turn, "agent"),
+        reply_of(&snapshot, &turn, "agent"),
         ReplyErrorKind::Cancelled,
         "waiting",
         "cancelled",
@@ -443,7 +443,7 @@ fn command_run(args: &[&str], extra_allowed: &[&str]) -> Single {
     let group = coven
         .create_group(
             None,
-            strings(&["agent"]),
+            ids(&["agent"]),
             Some(root.to_string_lossy().into_owned()),
         )
         .unwrap();
@@ -503,7 +503,7 @@ fn command_cancel_kills_its_process_group() {
     finish_turn(&run.coven, &turn);
     let snapshot = run.coven.get_group(&run.group.id).unwrap();
     assert_failed(
-        reply(&snapshot, &turn, "agent"),
+        reply_of(&snapshot, &turn, "agent"),
         ReplyErrorKind::Cancelled,
         "waiting\n",
         "cancelled",
@@ -534,7 +534,7 @@ fn a_missing_or_non_directory_project_root_is_refused() {
     for bad in [root.join("does-not-exist"), file] {
         match coven.create_group(
             None,
-            strings(&["agent"]),
+            ids(&["agent"]),
             Some(bad.to_string_lossy().into_owned()),
         ) {
             Err(Error::InvalidInput { field, .. }) => assert_eq!(field, "project_root"),
@@ -556,11 +556,11 @@ fn cwd_turn(
         member.cwd = cwd.map(str::to_owned);
         coven.register_familiar(member).unwrap();
     }
-    let ids: Vec<&str> = members.iter().map(|(id, _)| *id).collect();
+    let member_ids: Vec<&str> = members.iter().map(|(id, _)| *id).collect();
     let group = coven
         .create_group(
             None,
-            strings(&ids),
+            ids(&member_ids),
             root.map(|r| r.to_string_lossy().into_owned()),
         )
         .unwrap();
@@ -597,14 +597,14 @@ fn a_cwd_escaping_the_root_is_refused_for_that_member_only() {
     );
     for id in ["dotdot", "symlink-out", "absolute-out"] {
         assert_failed(
-            reply(&snapshot, &turn, id),
+            reply_of(&snapshot, &turn, id),
             ReplyErrorKind::Failed,
             "",
             "outside the project root",
         );
     }
     for id in ["inside", "symlink-in"] {
-        assert_ok(reply(&snapshot, &turn, id), "Hello, world!");
+        assert_ok(reply_of(&snapshot, &turn, id), "Hello, world!");
     }
     // Both allowed members ran in the canonical subdirectory; nothing ran outside the root.
     let ran = records(&root.join("sub"), "claude");
@@ -636,18 +636,18 @@ fn a_process_member_needs_a_root_or_an_absolute_cwd() {
         ],
     );
     assert_failed(
-        reply(&snapshot, &turn, "homeless"),
+        reply_of(&snapshot, &turn, "homeless"),
         ReplyErrorKind::Failed,
         "",
         "no project root",
     );
     assert_failed(
-        reply(&snapshot, &turn, "relative"),
+        reply_of(&snapshot, &turn, "relative"),
         ReplyErrorKind::Failed,
         "",
         "relative",
     );
-    assert_ok(reply(&snapshot, &turn, "absolute"), "Hello, world!");
+    assert_ok(reply_of(&snapshot, &turn, "absolute"), "Hello, world!");
     assert_eq!(
         records(&elsewhere, "claude")[0]["cwd"].as_str().unwrap(),
         elsewhere.to_str().unwrap()
@@ -655,11 +655,11 @@ fn a_process_member_needs_a_root_or_an_absolute_cwd() {
 
     // An in-process member needs neither.
     let group = coven
-        .create_group(None, strings(&["inproc", "homeless"]), None)
+        .create_group(None, ids(&["inproc", "homeless"]), None)
         .unwrap();
     let turn = coven.send(&group.id, "hi".into(), None).unwrap().turn_id;
     finish_turn(&coven, &turn);
     let snapshot = coven.get_group(&group.id).unwrap();
-    assert_eq!(reply(&snapshot, &turn, "inproc").error, None);
-    assert!(reply(&snapshot, &turn, "homeless").error.is_some());
+    assert_eq!(reply_of(&snapshot, &turn, "inproc").error, None);
+    assert!(reply_of(&snapshot, &turn, "homeless").error.is_some());
 }

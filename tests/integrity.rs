@@ -2,13 +2,13 @@
 //! while turns stream (it reads one commit, so it never mistakes a reply in flight for a reply
 //! left behind). The corruptions it detects are proven by the unit tests in `src/store/check.rs`.
 
-mod support;
+mod common;
 
 use std::sync::Arc;
 use std::thread;
 
+use common::*;
 use coven_group::{Config, Coven, Familiar, HistoryMessage, HistoryRole, IntegrityReport};
-use support::*;
 
 fn words(id: &str, count: usize) -> Familiar {
     let mut familiar = Familiar::new(id, id.to_uppercase(), "scripted");
@@ -26,7 +26,7 @@ fn every_operation_leaves_the_store_clean() {
     }
     step(&coven);
     let group = coven
-        .create_group(None, strings(&["ada", "bo"]), None)
+        .create_group(None, ids(&["ada", "bo"]), None)
         .unwrap()
         .id;
     step(&coven);
@@ -101,7 +101,7 @@ fn the_check_is_clean_at_every_commit_while_turns_stream() {
     let groups: Vec<String> = (0..3)
         .map(|_| {
             coven
-                .create_group(None, strings(&["long", "short", "mid"]), None)
+                .create_group(None, ids(&["long", "short", "mid"]), None)
                 .unwrap()
                 .id
         })

@@ -6,7 +6,7 @@
 //! installed once for this test binary; the tests take turns (`serial`) and each reads only what
 //! was logged while it ran.
 
-mod support;
+mod common;
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -25,7 +25,7 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use support::*;
+use common::*;
 
 /// A program the `command` harness cannot find: its member fails at start.
 const MISSING_PROGRAM: &str = "coven-no-such-program";
@@ -138,12 +138,6 @@ impl Write for Printed {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Installs the capture as the global subscriber (once), takes this test's turn, and clears what
@@ -267,7 +261,7 @@ fn a_turn_logs_each_member_run_with_its_harness_outcome_and_reason_but_no_text()
     coven.register_familiar(painter).unwrap();
     let project = dir.path().to_string_lossy().into_owned();
     let group = coven
-        .create_group(None, strings(&["ada", "nope", "painter"]), Some(project))
+        .create_group(None, ids(&["ada", "nope", "painter"]), Some(project))
         .unwrap();
 
     let turn = coven
@@ -292,7 +286,7 @@ fn a_turn_logs_each_member_run_with_its_harness_outcome_and_reason_but_no_text()
     assert!(ended.field("duration_ms").is_some(), "{ended:#?}");
 
     // The scripted member completed: debug, with its harness kind and the reply's size.
-    let ada_reply = reply(&snapshot, turn_id, "ada");
+    let ada_reply = reply_of(&snapshot, turn_id, "ada");
     assert!(ada_reply.error.is_none(), "{ada_reply:#?}");
     let ada = capture.one("member run ended", |e| in_member(e, turn_id, "ada"));
     assert_eq!(ada.level, Level::DEBUG);
@@ -305,7 +299,7 @@ fn a_turn_logs_each_member_run_with_its_harness_outcome_and_reason_but_no_text()
     assert!(ada.field("duration_ms").is_some(), "{ada:#?}");
 
     // The member whose program does not exist: warn, with the reason its event shows.
-    let nope_reply = reply(&snapshot, turn_id, "nope");
+    let nope_reply = reply_of(&snapshot, turn_id, "nope");
     let nope_error = nope_reply.error.as_ref().expect("nope failed");
     assert!(
         nope_error.message.contains("was not found on PATH"),
@@ -326,7 +320,7 @@ fn a_turn_logs_each_member_run_with_its_harness_outcome_and_reason_but_no_text()
 
     // The process that exits 4: its pid at start and its exit status, inside its member's span,
     // then a warn with the reason.
-    let painter_reply = reply(&snapshot, turn_id, "painter");
+    let painter_reply = reply_of(&snapshot, turn_id, "painter");
     let painter_error = painter_reply.error.as_ref().expect("painter failed");
     assert!(
         painter_error.message.contains("exited with status 4"),
@@ -403,7 +397,7 @@ fn open_batches_and_close_are_logged_with_their_counts() {
     coven
         .register_familiar(familiar("ada", "Ada", "scripted"))
         .unwrap();
-    let group = coven.create_group(None, strings(&["ada"]), None).unwrap();
+    let group = coven.create_group(None, ids(&["ada"]), None).unwrap();
     // The writer logs in order, after answering: once the group's batch (the first with changes)
     // is logged, everything before is, and what follows is this test's append.
     capture.wait_for_one("batch committed", |batch| {
@@ -470,7 +464,7 @@ fn a_lagging_subscription_logs_its_overflow_and_every_page_it_reads_from_the_sto
     coven
         .register_familiar(familiar("ada", "Ada", "scripted"))
         .unwrap();
-    let group = coven.create_group(None, strings(&["ada"]), None).unwrap();
+    let group = coven.create_group(None, ids(&["ada"]), None).unwrap();
     let head = coven.get_group(&group.id).unwrap().rev;
     let (called_tx, called) = crossbeam_channel::unbounded();
     let (release_tx, release) = crossbeam_channel::unbounded();

@@ -5,19 +5,19 @@
 //! in this boot, carrying the run's marker (`COVEN_RUN`) and in the recorded process group. A
 //! record whose process group now belongs to another process never gets it killed.
 
+mod common;
 #[path = "orphans/host.rs"]
 mod host;
-mod support;
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::{process_gone, GUARD};
 use coven_group::{Config, Coven, EventKind, ReplyErrorKind};
 use host::{
     assert_all_gone, boot_id, crash_host, marked_processes, recorded_runs, Crashed, MEMBERS,
     PROCESS_RUNS,
 };
-use support::{process_gone, GUARD};
 
 const HOST_TEST: &str = "orphan_host";
 
@@ -256,38 +256,38 @@ fn a_recorded_process_group_is_killed_only_when_its_process_carries_the_run_mark
 
 #[test]
 fn a_run_that_ends_leaves_no_record() {
-    support::init_path();
+    common::init_path();
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("coven.redb");
     let root = dir.path().join("project");
     std::fs::create_dir_all(&root).unwrap();
-    let paint = support::paint();
+    let paint = common::paint();
     let config = Config {
         allowed_programs: vec![paint.clone()],
         ..Config::default()
     };
     let coven = Coven::open(&store, config).unwrap();
     coven
-        .register_familiar(support::familiar("cl", "Claude", "claude"))
+        .register_familiar(common::familiar("cl", "Claude", "claude"))
         .unwrap();
     coven
-        .register_familiar(support::familiar("cx", "Codex", "codex"))
+        .register_familiar(common::familiar("cx", "Codex", "codex"))
         .unwrap();
-    let mut pty = support::familiar("pt", "Paint", "command");
+    let mut pty = common::familiar("pt", "Paint", "command");
     pty.argv = vec![paint, "colors".into()];
     coven.register_familiar(pty).unwrap();
     let group = coven
         .create_group(
             None,
-            support::strings(&MEMBERS),
+            common::ids(&MEMBERS),
             Some(root.to_string_lossy().into_owned()),
         )
         .unwrap();
     let turn = coven.send(&group.id, "hello".into(), None).unwrap();
-    support::finish_turn(&coven, &turn.turn_id);
+    common::finish_turn(&coven, &turn.turn_id);
     let snapshot = coven.get_group(&group.id).unwrap();
     for member in MEMBERS {
-        let reply = support::reply(&snapshot, &turn.turn_id, member);
+        let reply = common::reply_of(&snapshot, &turn.turn_id, member);
         assert_eq!(reply.error, None, "{member}: {reply:?}");
     }
     coven.close();

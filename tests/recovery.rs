@@ -3,7 +3,7 @@
 //! store again finishes every open reply as interrupted (text kept), marks the member that never
 //! answered, fails the running sessions, releases the turn lock, and keeps seq contiguous.
 
-mod support;
+mod common;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
@@ -11,8 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::*;
 use coven_group::{Config, Coven, EventKind, Recovery, ReplyErrorKind, SessionStatus};
-use support::*;
 
 /// Set (to the store path) only in the child process.
 const STORE_ENV: &str = "COVEN_GROUP_RECOVERY_STORE";
@@ -53,7 +53,7 @@ fn recovery_child_streams_until_killed() {
     let _mute = puppet.hand("mute");
     register(&coven, puppet, SLOW_WORDS);
     let group = coven
-        .create_group(None, strings(&["slow", "quick", "mute"]), None)
+        .create_group(None, ids(&["slow", "quick", "mute"]), None)
         .unwrap();
     let turn = coven.send(&group.id, "hello".into(), None).unwrap();
     let snapshot = wait_until(&coven, &group.id, "slow streaming", |snapshot| {
@@ -143,7 +143,7 @@ fn a_turn_killed_mid_stream_is_recovered_at_open() {
     );
 
     let snapshot = coven.get_group(&group).unwrap();
-    assert_contiguous(&snapshot.events);
+    assert_seq_contiguous(&snapshot.events);
     assert_eq!(snapshot.events.len(), 4, "{:#?}", snapshot.events);
     assert!(snapshot.events.iter().all(|event| !event.streaming));
     let user = &snapshot.events[0];
@@ -151,13 +151,13 @@ fn a_turn_killed_mid_stream_is_recovered_at_open() {
     assert_eq!(user.turn_id.as_deref(), Some(turn.as_str()));
 
     // The reply that finished before the crash is untouched.
-    let quick = reply(&snapshot, &turn, "quick");
+    let quick = reply_of(&snapshot, &turn, "quick");
     assert_eq!(quick.text, "w0 w1 w2");
     assert_eq!(quick.error, None);
 
     // The streaming reply is finished as interrupted and keeps every word committed before the
     // crash: at least what the child saw, in order, with nothing invented.
-    let slow = reply(&snapshot, &turn, "slow");
+    let slow = reply_of(&snapshot, &turn, "slow");
     assert_eq!(
         slow.error.as_ref().map(|e| e.kind),
         Some(ReplyErrorKind::Interrupted)
@@ -174,7 +174,7 @@ fn a_turn_killed_mid_stream_is_recovered_at_open() {
     }
 
     // The member that never answered has an interrupted marker, after the others.
-    let mute = reply(&snapshot, &turn, "mute");
+    let mute = reply_of(&snapshot, &turn, "mute");
     assert_eq!(mute.text, "");
     assert_eq!(
         mute.error.as_ref().map(|e| e.kind),
@@ -212,12 +212,12 @@ fn a_turn_killed_mid_stream_is_recovered_at_open() {
     mute_hand.finish();
     finish_turn(&coven, &next.turn_id);
     let after = coven.get_group(&group).unwrap();
-    assert_contiguous(&after.events);
+    assert_seq_contiguous(&after.events);
     assert_eq!(after.events.len(), 8);
-    assert_eq!(reply(&after, &next.turn_id, "slow").text, "w0 w1 w2 w3");
-    assert_eq!(reply(&after, &next.turn_id, "mute").text, "back");
+    assert_eq!(reply_of(&after, &next.turn_id, "slow").text, "w0 w1 w2 w3");
+    assert_eq!(reply_of(&after, &next.turn_id, "mute").text, "back");
     for id in ["slow", "quick", "mute"] {
-        assert_eq!(reply(&after, &next.turn_id, id).error, None, "{id}");
+        assert_eq!(reply_of(&after, &next.turn_id, id).error, None, "{id}");
     }
     assert!(coven
         .sessions_of(&group)

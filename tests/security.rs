@@ -4,17 +4,17 @@
 //! and no later call (nor re-pointing a symlink it was given through) widens it; and no
 //! credential or environment secret of the host process ends up in the store file.
 
-mod support;
+mod common;
 
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use coven_group::{Config, Coven, Familiar, GroupUpdate, ReplyErrorKind};
-use support::{
-    all_changes, assert_clean, assert_clean_and_idle, fake_bin, finish_turn, init_path, reply,
-    strings, GUARD,
+use common::{
+    all_changes, assert_clean, assert_clean_and_idle, fake_bin, finish_turn, ids, init_path,
+    reply_of, GUARD,
 };
+use coven_group::{Config, Coven, Familiar, GroupUpdate, ReplyErrorKind};
 
 /// A directory tree for project-root tests: `base/project/sub`, `base/outside`,
 /// `base/project/escape → base/outside`, and `base/link → base/project`.
@@ -107,7 +107,7 @@ fn shell_syntax_in_argv_and_messages_reaches_processes_literally() {
     let group = coven
         .create_group(
             None,
-            strings(&["echo", "claude"]),
+            ids(&["echo", "claude"]),
             Some(tree.root.to_string_lossy().into_owned()),
         )
         .unwrap();
@@ -118,7 +118,7 @@ fn shell_syntax_in_argv_and_messages_reaches_processes_literally() {
     let snapshot = coven.get_group(&group.id).unwrap();
 
     // echo printed its arguments exactly as given, the message included.
-    let echoed = reply(&snapshot, &turn.turn_id, "echo");
+    let echoed = reply_of(&snapshot, &turn.turn_id, "echo");
     assert_eq!(echoed.error, None, "{echoed:#?}");
     assert!(
         echoed
@@ -130,7 +130,7 @@ fn shell_syntax_in_argv_and_messages_reaches_processes_literally() {
     assert!(echoed.text.contains(message), "{:?}", echoed.text);
 
     // The fake claude got its documented argv (no shell in front) and the message on stdin.
-    let answered = reply(&snapshot, &turn.turn_id, "claude");
+    let answered = reply_of(&snapshot, &turn.turn_id, "claude");
     assert_eq!(answered.error, None, "{answered:#?}");
     let log = std::fs::read_to_string(tree.root.join("fake-claude.jsonl")).unwrap();
     let record: serde_json::Value = serde_json::from_str(log.lines().next().unwrap()).unwrap();
@@ -180,10 +180,7 @@ fn a_new_store_file_is_readable_by_its_owner_only_whatever_the_umask() {
     coven
         .register_familiar(Familiar::new("ada", "Ada", "scripted"))
         .unwrap();
-    let group = coven
-        .create_group(None, strings(&["ada"]), None)
-        .unwrap()
-        .id;
+    let group = coven.create_group(None, ids(&["ada"]), None).unwrap().id;
     for i in 0..200 {
         coven
             .append_user_message(&group, format!("{i} {}", "x".repeat(4000)), None)
@@ -210,7 +207,7 @@ fn run_turn(coven: &Coven, group: &str) -> Vec<(String, Result<String, ReplyErro
         .member_ids()
         .into_iter()
         .map(|id| {
-            let event = reply(&snapshot, &turn.turn_id, &id);
+            let event = reply_of(&snapshot, &turn.turn_id, &id);
             let outcome = match &event.error {
                 None => Ok(event.text.trim().to_owned()),
                 Some(error) => {
@@ -258,7 +255,7 @@ fn no_later_call_widens_a_groups_project_root() {
     let group = coven
         .create_group(
             Some("rooted".into()),
-            strings(&["here", "sub", "up", "escape", "absolute", "slash"]),
+            ids(&["here", "sub", "up", "escape", "absolute", "slash"]),
             Some(given),
         )
         .unwrap();
@@ -316,7 +313,7 @@ fn no_later_call_widens_a_groups_project_root() {
     let wider = coven
         .create_group(
             None,
-            strings(&["here"]),
+            ids(&["here"]),
             Some(tree.base.to_string_lossy().into_owned()),
         )
         .unwrap();
@@ -396,7 +393,7 @@ fn secrets_child_workload() {
     let group = coven
         .create_group(
             None,
-            strings(&["scripted", "claude", "codex", "echo", "missing"]),
+            ids(&["scripted", "claude", "codex", "echo", "missing"]),
             Some(root),
         )
         .unwrap();

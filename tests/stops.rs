@@ -3,17 +3,17 @@
 //! for a harness and drops what it writes afterwards, and `close()` cancels every turn, may be
 //! called from a harness or a listener, and never waits without bound on host code.
 
-mod support;
+mod common;
 
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
+use common::*;
 use coven_group::{
     Config, Coven, Error, GroupChange, GroupListener, GroupUpdate, Harness, ReplyErrorKind,
     ReplySink, SessionStatus, TurnRequest, MAX_REPLY_BYTES,
 };
 use crossbeam_channel::{Receiver, Sender};
-use support::*;
 
 /// An operation that waits on nothing but the library's own work takes milliseconds; taking this
 /// long means it waited on something it must not (a harness, a listener, itself).
@@ -34,10 +34,7 @@ fn quiet_group(coven: &Coven) -> String {
     coven
         .register_familiar(familiar("quiet", "Quiet", "scripted"))
         .unwrap();
-    coven
-        .create_group(None, strings(&["quiet"]), None)
-        .unwrap()
-        .id
+    coven.create_group(None, ids(&["quiet"]), None).unwrap().id
 }
 
 fn store_with(config: Config, harness: Arc<dyn Harness>, members: &[&str]) -> (Coven, String) {
@@ -48,7 +45,7 @@ fn store_with(config: Config, harness: Arc<dyn Harness>, members: &[&str]) -> (C
             .register_familiar(familiar(member, member, "host"))
             .unwrap();
     }
-    let group = coven.create_group(None, strings(members), None).unwrap();
+    let group = coven.create_group(None, ids(members), None).unwrap();
     (coven, group.id)
 }
 
@@ -72,7 +69,7 @@ fn a_harness_streaming_past_the_reply_limit_is_stopped_at_once() {
     // Neither the silence timeout nor the grace ends this turn: only the stop at the limit does.
     finish_turn(&coven, &turn);
     let snapshot = coven.get_group(&group).unwrap();
-    let flood = reply(&snapshot, &turn, "flood");
+    let flood = reply_of(&snapshot, &turn, "flood");
     let error = flood.error.as_ref().expect("an error marker");
     assert_eq!(error.kind, ReplyErrorKind::Failed, "{error:?}");
     assert!(error.message.contains("exceeded the limit"), "{error:?}");
@@ -101,7 +98,7 @@ fn cancel_ends_runs_still_queued_behind_a_busy_pool_without_starting_them() {
             .unwrap();
     }
     let queued = coven
-        .create_group(None, strings(&["q1", "q2"]), None)
+        .create_group(None, ids(&["q1", "q2"]), None)
         .unwrap()
         .id;
     let busy_hand = puppet.hand("busy");
@@ -119,7 +116,7 @@ fn cancel_ends_runs_still_queued_behind_a_busy_pool_without_starting_them() {
     );
     let snapshot = coven.get_group(&queued).unwrap();
     for member in ["q1", "q2"] {
-        let ended = reply(&snapshot, &turn, member);
+        let ended = reply_of(&snapshot, &turn, member);
         assert_eq!(
             ended.error.as_ref().map(|e| e.kind),
             Some(ReplyErrorKind::Cancelled)
@@ -178,7 +175,7 @@ fn stubborn(after_stop: bool) -> (Arc<Stubborn>, Sender<()>, Receiver<()>) {
 /// was recorded after its end.
 fn assert_ended_with(coven: &Coven, group: &str, turn: &str, kind: ReplyErrorKind) {
     let snapshot = coven.get_group(group).unwrap();
-    let ended = reply(&snapshot, turn, "mule");
+    let ended = reply_of(&snapshot, turn, "mule");
     assert_eq!(
         ended.error.as_ref().map(|e| e.kind),
         Some(kind),
@@ -263,10 +260,7 @@ fn close_from_inside_a_harness_does_not_wait_for_that_harness() {
     coven
         .register_familiar(familiar("mule", "Mule", "host"))
         .unwrap();
-    let group = coven
-        .create_group(None, strings(&["mule"]), None)
-        .unwrap()
-        .id;
+    let group = coven.create_group(None, ids(&["mule"]), None).unwrap().id;
     let (closed, closed_rx) = crossbeam_channel::bounded(1);
     closer.coven.set(Arc::downgrade(&coven)).unwrap();
     closer.closed.set(closed).unwrap();
@@ -283,7 +277,7 @@ fn close_from_inside_a_harness_does_not_wait_for_that_harness() {
     let reopened = Coven::open(&path, Config::default()).unwrap();
     assert_eq!(reopened.recovery(), Default::default());
     let snapshot = reopened.get_group(&group).unwrap();
-    let ended = reply(&snapshot, &turn, "mule");
+    let ended = reply_of(&snapshot, &turn, "mule");
     assert_eq!(ended.text, "closing");
     assert_eq!(
         ended.error.as_ref().map(|e| e.kind),
@@ -410,12 +404,7 @@ fn close_cancels_turns_that_start_while_it_runs() {
             .register_familiar(familiar("mule", "Mule", "host"))
             .unwrap();
         let groups: Vec<String> = (0..GROUPS)
-            .map(|_| {
-                coven
-                    .create_group(None, strings(&["mule"]), None)
-                    .unwrap()
-                    .id
-            })
+            .map(|_| coven.create_group(None, ids(&["mule"]), None).unwrap().id)
             .collect();
         let (started, started_rx) = crossbeam_channel::unbounded();
         let senders: Vec<_> = groups

@@ -1,14 +1,19 @@
-//! Helpers shared by the contract tests: stores, familiars, paging, and a store dump that is both
-//! logical (everything the public API can read) and physical (the bytes of the store file).
+//! The helpers of every test binary: stores, familiars, paging, and a store dump that is both
+//! logical (everything the public API can read) and physical (the bytes of the store file);
+//! turns and processes in [`runs`]; the exported surface in [`surface`].
 
 // Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod runs;
 pub mod surface;
+
+#[allow(unused_imports)]
+pub use runs::*;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use coven_group::{
@@ -47,7 +52,24 @@ impl FileStore {
 }
 
 pub fn memory_store() -> Coven {
-    Coven::open_in_memory(Config::default()).expect("open an in-memory store")
+    memory_store_with(Config::default())
+}
+
+pub fn memory_store_with(config: Config) -> Coven {
+    Coven::open_in_memory(config).expect("open an in-memory store")
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Serializes the tests of one binary that read process-wide state (thread counts, the resident
+/// set); a test that failed while holding it does not fail the others.
+pub fn serial() -> MutexGuard<'static, ()> {
+    lock(&SERIAL)
+}
+
+/// Locks a mutex whether or not a failed test poisoned it.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 pub fn file_bytes(path: &Path) -> Vec<u8> {
@@ -56,9 +78,20 @@ pub fn file_bytes(path: &Path) -> Vec<u8> {
 
 /// Registers `scripted` familiars, given as `(id, display name)`.
 pub fn register(coven: &Coven, familiars: &[(&str, &str)]) {
-    for (id, name) in familiars {
+    let without_models: Vec<(&str, &str, Option<&str>)> = familiars
+        .iter()
+        .map(|&(id, name)| (id, name, None))
+        .collect();
+    register_models(coven, &without_models);
+}
+
+/// Registers `scripted` familiars, given as `(id, display name, model)`.
+pub fn register_models(coven: &Coven, familiars: &[(&str, &str, Option<&str>)]) {
+    for (id, name, model) in familiars {
+        let mut familiar = Familiar::new(*id, *name, "scripted");
+        familiar.model = model.map(str::to_owned);
         coven
-            .register_familiar(Familiar::new(*id, *name, "scripted"))
+            .register_familiar(familiar)
             .expect("register familiar");
     }
 }
@@ -69,17 +102,56 @@ pub fn ids(familiar_ids: &[&str]) -> Vec<String> {
 
 /// Every change of a group from rev 1, read page by page.
 pub fn all_changes(coven: &Coven, group_id: &str) -> Vec<GroupChange> {
+    changes_after(coven, group_id, 0)
+}
+
+/// Every change of a group after `after_rev`, read page by page.
+pub fn changes_after(coven: &Coven, group_id: &str, after_rev: u64) -> Vec<GroupChange> {
     let mut out: Vec<GroupChange> = Vec::new();
     loop {
-        let after = out.last().map_or(0, |change| change.rev);
+        let after = out.last().map_or(after_rev, |change| change.rev);
         let page = coven
             .changes_since(group_id, after, MAX_PAGE)
             .expect("changes_since");
+        assert!(
+            page.len() <= MAX_PAGE as usize,
+            "page larger than its limit"
+        );
         if page.is_empty() {
             return out;
         }
         out.extend(page);
     }
+}
+
+pub fn revs(changes: &[GroupChange]) -> Vec<u64> {
+    changes.iter().map(|change| change.rev).collect()
+}
+
+/// Equal change lists, or a failure that names the first difference instead of dumping both.
+#[track_caller]
+pub fn assert_same_changes(received: &[GroupChange], expected: &[GroupChange], what: &str) {
+    if received == expected {
+        return;
+    }
+    let at = received
+        .iter()
+        .zip(expected)
+        .position(|(a, b)| a != b)
+        .unwrap_or(received.len().min(expected.len()));
+    let around = |changes: &[GroupChange]| {
+        revs(&changes[at.saturating_sub(3).min(changes.len())..(at + 4).min(changes.len())])
+    };
+    panic!(
+        "{what}: received {} changes, expected {}; first difference at index {at}: \
+         received revs {:?} …, expected revs {:?} …; received {:?}, expected {:?}",
+        received.len(),
+        expected.len(),
+        around(received),
+        around(expected),
+        received.get(at),
+        expected.get(at),
+    );
 }
 
 /// Every event of a group from seq 1, read page by page with a small page size.
@@ -260,18 +332,19 @@ pub fn adopted(familiar_id: &str, session_id: &str, history: Vec<HistoryMessage>
 
 /// Asserts `result` is `InvalidInput` for `field`; returns the reason.
 #[track_caller]
-pub fn expect_invalid<T: std::fmt::Debug>(result: Result<T, Error>, field: &str) -> String {
+pub fn expect_invalid<T>(result: Result<T, Error>, field: &str) -> String {
     match result {
         Err(Error::InvalidInput { field: got, reason }) => {
             assert_eq!(got, field, "wrong field (reason: {reason})");
             reason
         }
-        other => panic!("expected InvalidInput for {field:?}, got {other:?}"),
+        Err(other) => panic!("expected InvalidInput for {field:?}, got {other:?}"),
+        Ok(_) => panic!("expected InvalidInput for {field:?}, got Ok"),
     }
 }
 
 #[track_caller]
-pub fn expect_not_found<T: std::fmt::Debug>(result: Result<T, Error>, what: &str, id: &str) {
+pub fn expect_not_found<T>(result: Result<T, Error>, what: &str, id: &str) {
     match result {
         Err(Error::NotFound {
             what: got,
@@ -279,15 +352,17 @@ pub fn expect_not_found<T: std::fmt::Debug>(result: Result<T, Error>, what: &str
         }) => {
             assert_eq!((got.as_str(), got_id.as_str()), (what, id));
         }
-        other => panic!("expected NotFound {what} {id}, got {other:?}"),
+        Err(other) => panic!("expected NotFound {what} {id}, got {other:?}"),
+        Ok(_) => panic!("expected NotFound {what} {id}, got Ok"),
     }
 }
 
 #[track_caller]
-pub fn expect_conflict<T: std::fmt::Debug>(result: Result<T, Error>) -> String {
+pub fn expect_conflict<T>(result: Result<T, Error>) -> String {
     match result {
         Err(Error::Conflict { reason }) => reason,
-        other => panic!("expected Conflict, got {other:?}"),
+        Err(other) => panic!("expected Conflict, got {other:?}"),
+        Ok(_) => panic!("expected Conflict, got Ok"),
     }
 }
 
@@ -332,6 +407,11 @@ pub fn assert_clean_and_idle(coven: &Coven) -> IntegrityReport {
 pub struct Rng(u64);
 
 impl Rng {
+    /// A fixed seed, for tests whose schedule must be the same on every run.
+    pub fn from_seed(seed: u64) -> Self {
+        Self(seed)
+    }
+
     pub fn seeded(env_var: &str) -> Self {
         let seed = std::env::var(env_var)
             .ok()
@@ -361,12 +441,22 @@ impl Rng {
 
 /// Resident set size of this process in KiB (`VmRSS`).
 pub fn rss_kib() -> u64 {
+    status_kib("VmRSS:")
+}
+
+/// A `… kB` field of `/proc/self/status` (`VmRSS:`, `VmHWM:`), in KiB.
+pub fn status_kib(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("read /proc/self/status");
     status
         .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .find_map(|line| line.strip_prefix(field))
         .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/self/status")
+        .unwrap_or_else(|| panic!("{field} missing from /proc/self/status"))
+}
+
+/// Resets the peak resident set (`VmHWM`) to the current one (Linux 4.0 and later).
+pub fn reset_peak_rss() {
+    std::fs::write("/proc/self/clear_refs", "5").expect("reset the peak resident set");
 }
 
 // ---- a store file on a disk that can fail ----

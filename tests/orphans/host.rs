@@ -14,7 +14,7 @@ use std::time::Duration;
 use coven_group::{Config, Coven, Familiar};
 use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::support::{self, reported_lines, GUARD};
+use crate::common::{self, reported_lines, GUARD};
 
 /// Set (to the store path) only in the host process.
 const STORE_ENV: &str = "COVEN_GROUP_ORPHAN_STORE";
@@ -31,7 +31,7 @@ pub const PROCESS_RUNS: TableDefinition<u128, (i32, &str)> = TableDefinition::ne
 
 /// The PTY program of the `command` member.
 pub fn stubborn() -> String {
-    support::fake_bin()
+    common::fake_bin()
         .join("stubborn")
         .to_string_lossy()
         .into_owned()
@@ -64,12 +64,12 @@ pub fn host_main() {
     ];
     coven.register_familiar(pty).unwrap();
     let group = coven
-        .create_group(None, support::strings(&MEMBERS), Some(root))
+        .create_group(None, common::ids(&MEMBERS), Some(root))
         .unwrap();
     coven
         .send(&group.id, "SCENARIO:orphan".into(), None)
         .unwrap();
-    support::wait_until(&coven, &group.id, "every agent running", |snapshot| {
+    common::wait_until(&coven, &group.id, "every agent running", |snapshot| {
         MEMBERS.iter().all(|member| {
             snapshot.events.iter().any(|event| {
                 event.familiar_id.as_deref() == Some(member) && event.text.contains("waiting")
@@ -124,7 +124,7 @@ impl Drop for Crashed {
             .iter()
             .flat_map(|agent| [agent.pid, agent.helper])
         {
-            if !support::process_gone(pid) {
+            if !common::process_gone(pid) {
                 // SAFETY: plain syscall on a pid this test's host started.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
@@ -145,7 +145,7 @@ impl Drop for KillOnDrop {
 /// Runs the host (the test named `host_test` of this binary, which calls [`host_main`]) on a
 /// store in `dir` until its three agents run, SIGKILLs it, and returns what it left.
 pub fn crash_host(host_test: &str, dir: &Path) -> Crashed {
-    support::init_path();
+    common::init_path();
     let store = dir.join("coven.redb");
     let root = dir.join("project");
     std::fs::create_dir_all(&root).unwrap();
@@ -211,7 +211,7 @@ pub fn marked_processes(markers: &[String]) -> Vec<i32> {
         .iter()
         .map(|marker| format!("COVEN_RUN={marker}").into_bytes())
         .collect();
-    support::processes()
+    common::processes()
         .into_iter()
         .filter(|process| !matches!(process.state.as_str(), "Z" | "X"))
         .filter(|process| {
@@ -262,7 +262,7 @@ pub fn assert_all_gone(pids: &[i32], markers: &[String]) {
         let alive: Vec<i32> = pids
             .iter()
             .copied()
-            .filter(|pid| !support::process_gone(*pid))
+            .filter(|pid| !common::process_gone(*pid))
             .collect();
         let marked = marked_processes(markers);
         if alive.is_empty() && marked.is_empty() {

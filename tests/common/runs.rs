@@ -1,8 +1,5 @@
-//! Helpers for the fan-out, harness and recovery tests: the fake CLIs on PATH, a host harness
-//! the test drives step by step, waiting on the timeline without sleeping, and process checks.
-
-// Each test binary uses a different subset of these helpers.
-#![allow(dead_code)]
+//! Helpers for the tests that run turns: the fake CLIs on PATH, a host harness the test drives
+//! step by step, waiting on the timeline without sleeping, and process checks.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -14,16 +11,6 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use coven_group::{
     Coven, Error, EventKind, Familiar, GroupChange, GroupEvent, GroupSnapshot, GroupUpdate,
     Harness, ReplySink, TurnRequest,
-};
-
-// The contract tests' helpers, shared rather than copied.
-#[path = "../common/mod.rs"]
-mod common;
-// Each test binary uses a different subset.
-#[allow(unused_imports)]
-pub use common::{
-    all_changes, assert_clean, assert_clean_and_idle, assert_seq_contiguous as assert_contiguous,
-    ids as strings, reported_lines,
 };
 
 /// Upper bound for anything a test waits on; reaching it is a failure, never the expected path.
@@ -137,7 +124,7 @@ pub fn replies(snapshot: &GroupSnapshot) -> Vec<&GroupEvent> {
 }
 
 /// The one reply of `familiar` to `turn_id`.
-pub fn reply<'a>(snapshot: &'a GroupSnapshot, turn_id: &str, familiar: &str) -> &'a GroupEvent {
+pub fn reply_of<'a>(snapshot: &'a GroupSnapshot, turn_id: &str, familiar: &str) -> &'a GroupEvent {
     let found: Vec<&GroupEvent> = snapshot
         .events
         .iter()
