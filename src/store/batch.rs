@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use redb::{Table, WriteTransaction};
 
 use super::codec;
+use super::records;
 use super::tables::*;
 use super::writer::ReplyKey;
 use crate::error::{Error, Result};
@@ -34,7 +35,8 @@ pub struct Batch<'txn> {
     pub turns: Table<'txn, u128, &'static [u8]>,
     pub process_runs: Table<'txn, u128, (i32, &'static str)>,
     heads_table: Table<'txn, u128, &'static [u8]>,
-    changes: Table<'txn, (u128, u64), &'static [u8]>,
+    /// Written through [`Batch::record`]; finishing a reply rewrites its delta records.
+    pub(super) changes: Table<'txn, (u128, u64), &'static [u8]>,
     heads: HashMap<u128, HeadSlot>,
     /// Replies that have claimed their seq and are still streaming, across batches.
     pub live: LiveReplies,
@@ -144,8 +146,10 @@ impl<'txn> Batch<'txn> {
         let rev = head.next_rev;
         head.next_rev += 1;
         head.active_at = now;
-        self.changes
-            .insert((group, rev), codec::encode(&update)?.as_slice())?;
+        self.changes.insert(
+            (group, rev),
+            records::encode_change(&update, now)?.as_slice(),
+        )?;
         self.published.push(GroupChange {
             group_id: ids::to_string(group),
             rev,

@@ -9,6 +9,7 @@ use tracing::debug;
 use super::batch::Batch;
 use super::codec;
 use super::ops::NewEvent;
+use super::records::{self, ChangeRecord};
 use super::tables::*;
 use super::writer::{ReplyKey, ReplyOutput};
 use crate::error::{Error, Result};
@@ -178,31 +179,51 @@ impl<'txn> Batch<'txn> {
         }
     }
 
-    /// Turns a streaming reply into its final event: the chunks are joined once and removed.
+    /// Turns a streaming reply into its final event: the chunks are joined once and removed, and
+    /// each of its delta records, which referred to a chunk, now refers to the range of the final
+    /// text that chunk held (so the text is stored once, in the event).
     fn finalize_streaming(
         &mut self,
         group: u128,
         seq: u64,
         error: Option<ReplyError>,
     ) -> Result<GroupEvent> {
-        let mut event: GroupEvent = load(&self.events, (group, seq))?.ok_or_else(|| {
-            Error::storage(format!(
-                "reply {seq} of group {} is missing",
-                ids::to_string(group)
-            ))
-        })?;
+        let mut event = match self.events.get((group, seq))? {
+            Some(value) => records::decode_event(group, seq, value.value())?,
+            None => {
+                return Err(Error::storage(format!(
+                    "reply {seq} of group {} is missing",
+                    ids::to_string(group)
+                )))
+            }
+        };
+        let appended_at = event.rev;
         let range = (group, seq, 0)..=(group, seq, u64::MAX);
         let mut text = String::new();
+        let mut deltas = Vec::new();
         for entry in self.reply_chunks.range(range.clone())? {
-            text.push_str(entry?.1.value());
+            let (key, chunk) = entry?;
+            let rev = key.value().2;
+            let chunk = chunk.value();
+            // The chunk at the append's own rev is the first output, which `EventAppended`
+            // records by length; every other chunk is one `ReplyDelta`.
+            if rev != appended_at {
+                deltas.push((rev, text.len() as u64, chunk.len() as u64));
+            }
+            text.push_str(chunk);
         }
         self.reply_chunks.retain_in(range, |_, _| false)?;
+        for (rev, start, len) in deltas {
+            let record = ChangeRecord::ReplyText { seq, start, len };
+            self.changes
+                .insert((group, rev), codec::encode(&record)?.as_slice())?;
+        }
         event.text = text;
         event.streaming = false;
         event.error = error;
         event.rev = self.peek_rev(group)?;
         self.events
-            .insert((group, seq), codec::encode(&event)?.as_slice())?;
+            .insert((group, seq), records::encode_event(&event)?.as_slice())?;
         self.record(
             group,
             GroupUpdate::ReplyFinished {
@@ -242,7 +263,8 @@ impl<'txn> Batch<'txn> {
                 .events
                 .range((group, turn.user_seq + 1)..=(group, u64::MAX))?
             {
-                let event: GroupEvent = codec::decode(entry?.1.value())?;
+                let (key, value) = entry?;
+                let event = records::decode_event(group, key.value().1, value.value())?;
                 if event.streaming && event.turn_id.as_deref() == Some(turn_id.as_str()) {
                     if let Some(familiar) = event.familiar_id {
                         streaming.insert(familiar, event.seq);
@@ -278,7 +300,8 @@ impl<'txn> Batch<'txn> {
         }
         let mut running = Vec::new();
         for entry in self.sessions.iter()? {
-            let session: Session = codec::decode(entry?.1.value())?;
+            let (key, value) = entry?;
+            let session = records::decode_session(key.value(), value.value())?;
             if session.status == SessionStatus::Running {
                 running.push(session);
             }
