@@ -281,9 +281,15 @@ pub fn encode_event(event: &GroupEvent) -> Result<Vec<u8>> {
 }
 
 pub fn decode_event(group: u128, seq: u64, bytes: &[u8]) -> Result<GroupEvent> {
+    decode_event_of(ids::to_string(group), seq, bytes)
+}
+
+/// [`decode_event`] with the group's id already formatted (readers of many events format it
+/// once).
+pub fn decode_event_of(group_id: String, seq: u64, bytes: &[u8]) -> Result<GroupEvent> {
     let record: EventRecord<'_> = codec::decode(bytes)?;
     Ok(GroupEvent {
-        group_id: ids::to_string(group),
+        group_id,
         seq,
         rev: record.rev,
         kind: match record.kind {
@@ -409,13 +415,17 @@ pub fn encode_change(update: &GroupUpdate, at: SystemTime) -> Result<Vec<u8>> {
 }
 
 /// Rebuilds the changes of one group from their records, reading the text they carried from the
-/// events and chunks tables. Keeps the events it has read, so a page of changes about a few
-/// replies decodes each reply once.
+/// events and chunks tables. Changes mostly name events in seq order (each event is appended
+/// once, in seq order), so events are read by one forward scan rather than a lookup each; the
+/// replies a page names are kept, so their deltas and finish decode them once.
 pub struct ChangeReader<'t, E, C> {
     group: u128,
+    group_id: String,
     events: &'t E,
     chunks: &'t C,
-    /// Events read so far, streaming ones completed from their chunks.
+    /// The forward scan over the group's events and the seq it yields next.
+    scan: Option<(u64, redb::Range<'t, (u128, u64), &'static [u8]>)>,
+    /// Replies (and events a delta or range named) read so far, streaming ones completed.
     seen: HashMap<u64, GroupEvent>,
 }
 
@@ -427,24 +437,82 @@ where
     pub fn new(group: u128, events: &'t E, chunks: &'t C) -> Self {
         Self {
             group,
+            group_id: ids::to_string(group),
             events,
             chunks,
+            scan: None,
             seen: HashMap::new(),
         }
     }
 
+    /// Reads one event: ahead of the scan by scanning on (skipped events are not decoded),
+    /// behind it by a lookup. `None` when it does not exist.
+    fn fetch(&mut self, seq: u64) -> Result<Option<GroupEvent>> {
+        let Self {
+            group,
+            group_id,
+            events,
+            chunks,
+            scan,
+            ..
+        } = self;
+        let group = *group;
+        let decode = |bytes: &[u8]| -> Result<GroupEvent> {
+            let mut event = decode_event_of(group_id.clone(), seq, bytes)?;
+            complete_event(*chunks, group, &mut event)?;
+            Ok(event)
+        };
+        let (next, range) = match scan {
+            Some(scan) => scan,
+            None => scan.insert((seq, events.range((group, seq)..=(group, u64::MAX))?)),
+        };
+        if seq >= *next {
+            for entry in range.by_ref() {
+                let (key, value) = entry?;
+                let at = key.value().1;
+                *next = at + 1;
+                if at >= seq {
+                    return if at == seq {
+                        decode(value.value()).map(Some)
+                    } else {
+                        Ok(None)
+                    };
+                }
+            }
+            return Ok(None);
+        }
+        match events.get((group, seq))? {
+            Some(value) => decode(value.value()).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn missing(seq: u64, rev: u64) -> Error {
+        Error::storage(format!(
+            "corrupt store: change {rev} names event {seq}, which does not exist"
+        ))
+    }
+
+    /// The event, kept for the changes after this one that name it.
     fn event(&mut self, seq: u64, rev: u64) -> Result<&GroupEvent> {
         if !self.seen.contains_key(&seq) {
-            let bytes = self.events.get((self.group, seq))?.ok_or_else(|| {
-                Error::storage(format!(
-                    "corrupt store: change {rev} names event {seq}, which does not exist"
-                ))
-            })?;
-            let mut event = decode_event(self.group, seq, bytes.value())?;
-            complete_event(self.chunks, self.group, &mut event)?;
+            let event = self.fetch(seq)?.ok_or_else(|| Self::missing(seq, rev))?;
             self.seen.insert(seq, event);
         }
-        Ok(&self.seen[&seq])
+        self.seen.get(&seq).ok_or_else(|| Self::missing(seq, rev))
+    }
+
+    /// The event as a change carries it. A user or system event is only ever appended, so no
+    /// later change names it and it is not kept; a reply is.
+    fn carried(&mut self, seq: u64, rev: u64) -> Result<GroupEvent> {
+        if let Some(event) = self.seen.get(&seq) {
+            return Ok(event.clone());
+        }
+        let event = self.fetch(seq)?.ok_or_else(|| Self::missing(seq, rev))?;
+        if event.kind == EventKind::Familiar {
+            self.seen.insert(seq, event.clone());
+        }
+        Ok(event)
     }
 
     fn chunk(&self, seq: u64, rev: u64) -> Result<String> {
@@ -474,7 +542,7 @@ where
                 }
             }
             ChangeRecord::EventAppended { seq, streamed } => {
-                let mut event = self.event(seq, rev)?.clone();
+                let mut event = self.carried(seq, rev)?;
                 if let Some(len) = streamed {
                     // The first output: the prefix of the reply's text it carried.
                     let len = usize::try_from(len).unwrap_or(usize::MAX);
@@ -525,7 +593,7 @@ where
                 }
             }
             ChangeRecord::ReplyFinished { seq } => {
-                let mut event = self.event(seq, rev)?.clone();
+                let mut event = self.carried(seq, rev)?;
                 event.rev = rev;
                 GroupUpdate::ReplyFinished { event }
             }
