@@ -491,6 +491,62 @@ fn cases(ctx: &Ctx) -> Vec<Case> {
             not_found("group", &ctx.unknown_group),
             |c, x| c.events_since(&x.unknown_group, 0, 10),
         ),
+        // ---- get_group_tail ----
+        case("get_group_tail", "limit 0", invalid("limit"), |c, x| {
+            c.get_group_tail(&x.pair, 0)
+        }),
+        case(
+            "get_group_tail",
+            "limit over MAX_PAGE",
+            invalid_saying("limit", MAX_PAGE),
+            |c, x| c.get_group_tail(&x.pair, MAX_PAGE + 1),
+        ),
+        case(
+            "get_group_tail",
+            "malformed group id",
+            invalid("group_id"),
+            |c, _| c.get_group_tail("x", 10),
+        ),
+        case(
+            "get_group_tail",
+            "unknown group",
+            not_found("group", &ctx.unknown_group),
+            |c, x| c.get_group_tail(&x.unknown_group, 10),
+        ),
+        // ---- events_before ----
+        case("events_before", "limit 0", invalid("limit"), |c, x| {
+            c.events_before(&x.pair, 1, 0)
+        }),
+        case(
+            "events_before",
+            "limit over MAX_PAGE",
+            invalid_saying("limit", MAX_PAGE),
+            |c, x| c.events_before(&x.pair, 1, MAX_PAGE + 1),
+        ),
+        case(
+            "events_before",
+            "before_seq beyond the next seq",
+            invalid("before_seq"),
+            |c, x| c.events_before(&x.solo, head(c, &x.solo)?.0 + 2, 10),
+        ),
+        case(
+            "events_before",
+            "before_seq u64::MAX",
+            invalid("before_seq"),
+            |c, x| c.events_before(&x.pair, u64::MAX, 10),
+        ),
+        case(
+            "events_before",
+            "malformed group id",
+            invalid("group_id"),
+            |c, _| c.events_before("", 1, 10),
+        ),
+        case(
+            "events_before",
+            "unknown group",
+            not_found("group", &ctx.unknown_group),
+            |c, x| c.events_before(&x.unknown_group, 1, 10),
+        ),
         // ---- changes_since ----
         case("changes_since", "limit 0", invalid("limit"), |c, x| {
             c.changes_since(&x.pair, 0, 0)
@@ -1171,6 +1227,8 @@ refusals!(
     create_group,
     get_group,
     events_since,
+    get_group_tail,
+    events_before,
     changes_since,
     rename_group,
     add_member,
@@ -1353,6 +1411,8 @@ fn every_operation_on_a_closed_store_is_closed() {
         op("list_groups", || coven.list_groups()),
         op("get_group", || coven.get_group(pair)),
         op("events_since", || coven.events_since(pair, 0, 10)),
+        op("get_group_tail", || coven.get_group_tail(pair, 10)),
+        op("events_before", || coven.events_before(pair, 1, 10)),
         op("changes_since", || coven.changes_since(pair, 0, 10)),
         op("rename_group", || coven.rename_group(pair, "x".into())),
         op("add_member", || coven.add_member(pair, "cara")),

@@ -27,7 +27,9 @@ use redb::{
 
 use crate::error::{Error, Result};
 use crate::ids;
-use crate::model::{Familiar, GroupChange, GroupConversation, GroupEvent, GroupSnapshot, Session};
+use crate::model::{
+    Familiar, GroupChange, GroupConversation, GroupEvent, GroupSnapshot, GroupTail, Session,
+};
 pub use contain::contain_panic;
 use create::{AtPath, Placement, Temporary};
 use staged::StagedWrites;
@@ -406,13 +408,18 @@ impl Reader {
         let chunks = self.txn.open_table(REPLY_CHUNKS)?;
         let mut out = Vec::with_capacity(limit);
         let first = after_seq.saturating_add(1);
+        let group_id = ids::to_string(group);
         for entry in events
             .range((group, first)..=(group, u64::MAX))?
             .take(limit)
         {
             let (key, value) = entry?;
             // Decoded straight into the page: an event is a few hundred bytes to move.
-            out.push(records::decode_event(group, key.value().1, value.value())?);
+            out.push(records::decode_event_of(
+                group_id.clone(),
+                key.value().1,
+                value.value(),
+            )?);
             if let Some(event) = out.last_mut() {
                 records::complete_event(&chunks, group, event)?;
             }
@@ -428,6 +435,72 @@ impl Reader {
             events: self.events_after(group, 0, head.seq() as usize)?,
             rev: head.rev(),
         })
+    }
+
+    /// The group, its latest `limit` events and the rev they reflect, from one read transaction;
+    /// O(`limit`) reads whatever the length of the history.
+    pub fn tail(&self, group: u128, limit: u32) -> Result<GroupTail> {
+        let head = self.head(group)?;
+        let events = self.events_ending_before(group, head.next_seq, limit)?;
+        Ok(GroupTail {
+            group: self.group(group, &head)?,
+            has_earlier: events.first().is_some_and(|event| event.seq > 1),
+            events,
+            rev: head.rev(),
+        })
+    }
+
+    /// Up to `limit` events with seq less than `before_seq` (the latest of them), in seq order.
+    /// `before_seq` may be at most the group's next seq (latest + 1).
+    pub fn events_before(
+        &self,
+        group: u128,
+        before_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<GroupEvent>> {
+        let head = self.head(group)?;
+        if before_seq > head.next_seq {
+            return Err(Error::invalid(
+                "before_seq",
+                format!(
+                    "{before_seq} is beyond the group's next seq {} (its latest is {})",
+                    head.next_seq,
+                    head.seq()
+                ),
+            ));
+        }
+        self.events_ending_before(group, before_seq, limit)
+    }
+
+    /// The last `limit` events before `before_seq` (which the caller has checked), in seq order,
+    /// streaming ones completed.
+    fn events_ending_before(
+        &self,
+        group: u128,
+        before_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<GroupEvent>> {
+        if before_seq <= 1 {
+            return Ok(Vec::new());
+        }
+        let events = self.txn.open_table(EVENTS)?;
+        let chunks = self.txn.open_table(REPLY_CHUNKS)?;
+        let count = (before_seq - 1).min(u64::from(limit)) as usize;
+        let mut out = Vec::with_capacity(count);
+        let group_id = ids::to_string(group);
+        for entry in events
+            .range((group, 1)..(group, before_seq))?
+            .rev()
+            .take(count)
+        {
+            let (key, value) = entry?;
+            let mut event =
+                records::decode_event_of(group_id.clone(), key.value().1, value.value())?;
+            records::complete_event(&chunks, group, &mut event)?;
+            out.push(event);
+        }
+        out.reverse();
+        Ok(out)
     }
 
     /// The group's head, refusing a rev beyond it (a client cannot have seen the future).
