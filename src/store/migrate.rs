@@ -10,7 +10,7 @@
 //! as that release wrote them are frozen in [`v1`], so the exported types can change without
 //! breaking this migration.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use redb::{ReadableTable, WriteTransaction};
 
@@ -69,6 +69,10 @@ fn old<T: serde::de::DeserializeOwned>(bytes: &[u8], what: impl FnOnce() -> Stri
     })
 }
 
+/// `reply_chunks` as format 1 typed it: the text alone.
+const FORMAT_1_CHUNKS: redb::TableDefinition<(u128, u64, u64), &str> =
+    redb::TableDefinition::new("reply_chunks");
+
 fn from_format_1(txn: &WriteTransaction) -> Result<()> {
     // Familiars are keyed by a string, read separately.
     let mut familiars = Vec::new();
@@ -124,23 +128,39 @@ fn from_format_1(txn: &WriteTransaction) -> Result<()> {
         }
     }
 
-    // Replies still streaming keep their chunks, to which their deltas go on referring.
-    let mut streaming = HashSet::new();
+    // Chunks of replies left streaming gain their offset in the reply (format 1 stored the
+    // text alone), so the table is rebuilt with its new value type.
+    let mut chunks = Vec::new();
+    {
+        let table = txn.open_table(FORMAT_1_CHUNKS)?;
+        for entry in table.iter()? {
+            let (key, text) = entry?;
+            chunks.push((key.value(), text.value().to_owned()));
+        }
+    }
+    txn.delete_table(FORMAT_1_CHUNKS)?;
+    {
+        let mut table = txn.open_table(REPLY_CHUNKS)?;
+        let mut offsets: HashMap<(u128, u64), u64> = HashMap::new();
+        for ((group, seq, rev), text) in chunks {
+            let start = offsets.entry((group, seq)).or_default();
+            table.insert((group, seq, rev), (*start, text.as_str()))?;
+            *start += text.len() as u64;
+        }
+    }
+
     let events = by_group(txn, EVENTS)?;
     {
         let mut table = txn.open_table(EVENTS)?;
         for ((group, seq), bytes) in events {
             let event: v1::GroupEvent = old(&bytes, || format!("event {seq}"))?;
-            if event.streaming {
-                streaming.insert((group, seq));
-            }
             let event: model::GroupEvent = event.into();
             table.insert((group, seq), records::encode_event(&event)?.as_slice())?;
         }
     }
 
-    // In rev order per group, so each finished reply's deltas get their ranges of its text:
-    // the first output's length, then each delta's bytes in turn.
+    // In rev order per group, so each reply's deltas get their ranges of its text: the first
+    // output's length, then each delta's bytes in turn.
     let changes = by_group(txn, CHANGES)?;
     let mut streamed: HashMap<(u128, u64), u64> = HashMap::new();
     let mut table = txn.open_table(CHANGES)?;
@@ -148,19 +168,15 @@ fn from_format_1(txn: &WriteTransaction) -> Result<()> {
         let update: v1::GroupUpdate = old(&bytes, || format!("change {rev}"))?;
         let record = match update {
             v1::GroupUpdate::ReplyDelta { seq, text, .. } => {
-                if streaming.contains(&(group, seq)) {
-                    ChangeRecord::ReplyDelta { seq }
-                } else {
-                    let start = streamed.entry((group, seq)).or_default();
-                    let len = text.len() as u64;
-                    let record = ChangeRecord::ReplyText {
-                        seq,
-                        start: *start,
-                        len,
-                    };
-                    *start += len;
-                    record
-                }
+                let start = streamed.entry((group, seq)).or_default();
+                let len = text.len() as u64;
+                let record = ChangeRecord::ReplyDelta {
+                    seq,
+                    start: *start,
+                    len,
+                };
+                *start += len;
+                record
             }
             v1::GroupUpdate::GroupDeleted => {
                 return Err(Error::storage(format!(
@@ -292,7 +308,7 @@ pub mod v1 {
         author: Option<String>,
         turn_id: Option<String>,
         text: String,
-        pub streaming: bool,
+        streaming: bool,
         error: Option<ReplyError>,
         notice: Option<SystemNotice>,
         timestamp: SystemTime,

@@ -148,7 +148,7 @@ impl<'txn> Batch<'txn> {
             // A streaming reply's text lives in chunks until it finishes (O(n) storage).
             if !event.text.is_empty() {
                 self.reply_chunks
-                    .insert((group, seq, rev), event.text.as_str())?;
+                    .insert((group, seq, rev), (0, event.text.as_str()))?;
             }
             let header = GroupEvent {
                 text: String::new(),

@@ -9,9 +9,8 @@
 //! - `EventAppended` of a reply's first output records the length of that output: the change
 //!   carried the first `len` bytes of the reply's text (a reply's text only grows, so the prefix
 //!   is exact);
-//! - `ReplyDelta` at rev r of a reply still streaming carried exactly the chunk stored at
-//!   `(group, seq, r)`; when the reply finishes, its chunks are joined into the event and each of
-//!   its `ReplyDelta` records becomes `ReplyText`, the byte range of the final text it carried;
+//! - `ReplyDelta` records the byte range of the reply's text it carried (while the reply streams,
+//!   that text is its chunks joined; once it finishes, the event's text);
 //! - `ReplyFinished` and every other `EventAppended` carried the event as it is stored.
 //!
 //! Converting a record back needs its key (and, for changes, the events and chunks tables), so
@@ -343,12 +342,8 @@ pub enum ChangeRecord {
         seq: u64,
         streamed: Option<u64>,
     },
-    /// `ReplyDelta` of a reply still streaming: the text is the chunk stored at this rev.
+    /// `ReplyDelta`: the text is `start..start + len` of the reply's text.
     ReplyDelta {
-        seq: u64,
-    },
-    /// `ReplyDelta` of a finished reply: the text is `start..start + len` of the event's text.
-    ReplyText {
         seq: u64,
         start: u64,
         len: u64,
@@ -371,8 +366,7 @@ impl ChangeRecord {
     pub fn seq(&self) -> Option<u64> {
         match self {
             ChangeRecord::EventAppended { seq, .. }
-            | ChangeRecord::ReplyDelta { seq }
-            | ChangeRecord::ReplyText { seq, .. }
+            | ChangeRecord::ReplyDelta { seq, .. }
             | ChangeRecord::ReplyFinished { seq } => Some(*seq),
             _ => None,
         }
@@ -392,7 +386,12 @@ impl ChangeRecord {
                 seq: event.seq,
                 streamed: event.streaming.then_some(event.text.len() as u64),
             },
-            GroupUpdate::ReplyDelta { seq, .. } => ChangeRecord::ReplyDelta { seq: *seq },
+            // Its range is the writer's (`Batch::store_delta`), which records it directly.
+            GroupUpdate::ReplyDelta { .. } => {
+                return Err(Error::storage(
+                    "internal error: a delta is recorded with its range of the reply's text",
+                ))
+            }
             GroupUpdate::ReplyFinished { event } => ChangeRecord::ReplyFinished { seq: event.seq },
             GroupUpdate::SessionChanged { session } => ChangeRecord::SessionChanged {
                 session: ids::parse_stored("session id", &session.id)?,
@@ -408,10 +407,6 @@ impl ChangeRecord {
             }
         })
     }
-}
-
-pub fn encode_change(update: &GroupUpdate, at: SystemTime) -> Result<Vec<u8>> {
-    codec::encode(&ChangeRecord::of(update, at)?)
 }
 
 /// Rebuilds the changes of one group from their records, reading the text they carried from the
@@ -432,7 +427,7 @@ pub struct ChangeReader<'t, E, C> {
 impl<'t, E, C> ChangeReader<'t, E, C>
 where
     E: ReadableTable<(u128, u64), &'static [u8]>,
-    C: ReadableTable<(u128, u64, u64), &'static str>,
+    C: ReadableTable<(u128, u64, u64), (u64, &'static str)>,
 {
     pub fn new(group: u128, events: &'t E, chunks: &'t C) -> Self {
         Self {
@@ -515,15 +510,6 @@ where
         Ok(event)
     }
 
-    fn chunk(&self, seq: u64, rev: u64) -> Result<String> {
-        let chunk = self.chunks.get((self.group, seq, rev))?.ok_or_else(|| {
-            Error::storage(format!(
-                "corrupt store: the text of change {rev} (reply {seq}) is missing"
-            ))
-        })?;
-        Ok(chunk.value().to_owned())
-    }
-
     /// The change stored at `rev` with these bytes, as it was published.
     pub fn update(&mut self, rev: u64, bytes: &[u8]) -> Result<GroupUpdate> {
         let record: ChangeRecord = codec::decode(bytes)?;
@@ -560,19 +546,7 @@ where
                 event.rev = rev;
                 GroupUpdate::EventAppended { event }
             }
-            ChangeRecord::ReplyDelta { seq } => {
-                let familiar_id = self
-                    .event(seq, rev)?
-                    .familiar_id
-                    .clone()
-                    .unwrap_or_default();
-                GroupUpdate::ReplyDelta {
-                    seq,
-                    familiar_id,
-                    text: self.chunk(seq, rev)?,
-                }
-            }
-            ChangeRecord::ReplyText { seq, start, len } => {
+            ChangeRecord::ReplyDelta { seq, start, len } => {
                 let event = self.event(seq, rev)?;
                 let range = usize::try_from(start)
                     .ok()
@@ -610,15 +584,15 @@ where
 /// Fills a streaming reply's text (and its latest rev) from its chunks; O(text length). Any
 /// other event is left as it is.
 pub fn complete_event(
-    chunks: &impl ReadableTable<(u128, u64, u64), &'static str>,
+    chunks: &impl ReadableTable<(u128, u64, u64), (u64, &'static str)>,
     group: u128,
     event: &mut GroupEvent,
 ) -> Result<()> {
     if event.streaming {
         let seq = event.seq;
         for entry in chunks.range((group, seq, 0)..=(group, seq, u64::MAX))? {
-            let (key, text) = entry?;
-            event.text.push_str(text.value());
+            let (key, chunk) = entry?;
+            event.text.push_str(chunk.value().1);
             event.rev = event.rev.max(key.value().2);
         }
     }

@@ -9,7 +9,7 @@
 //! | groups         | group                    | `GroupRecord` (`updated_at` from head)       |
 //! | heads          | group                    | `Head`: next seq, next rev, last activity    |
 //! | events         | (group, seq)             | `EventRecord` (a streaming reply has no text)|
-//! | reply_chunks   | (group, seq, rev)        | text streamed into a reply at that rev       |
+//! | reply_chunks   | (group, seq, rev)        | (offset in the reply, text) streamed at rev  |
 //! | changes        | (group, rev)             | `ChangeRecord` (refers to its event's text)  |
 //! | sessions       | session                  | `SessionRecord`                              |
 //! | group_sessions | (group, session)         | ()                                           |
@@ -33,7 +33,8 @@ pub const FAMILIARS: TableDefinition<&str, &[u8]> = TableDefinition::new("famili
 pub const GROUPS: TableDefinition<u128, &[u8]> = TableDefinition::new("groups");
 pub const HEADS: TableDefinition<u128, &[u8]> = TableDefinition::new("heads");
 pub const EVENTS: TableDefinition<(u128, u64), &[u8]> = TableDefinition::new("events");
-pub const REPLY_CHUNKS: TableDefinition<(u128, u64, u64), &str> =
+/// Text streamed into a reply at a rev, with the byte offset in the reply's text where it starts.
+pub const REPLY_CHUNKS: TableDefinition<(u128, u64, u64), (u64, &str)> =
     TableDefinition::new("reply_chunks");
 pub const CHANGES: TableDefinition<(u128, u64), &[u8]> = TableDefinition::new("changes");
 pub const SESSIONS: TableDefinition<u128, &[u8]> = TableDefinition::new("sessions");

@@ -179,9 +179,48 @@ impl<'txn> Batch<'txn> {
         }
     }
 
-    /// Turns a streaming reply into its final event: the chunks are joined once and removed, and
-    /// each of its delta records, which referred to a chunk, now refers to the range of the final
-    /// text that chunk held (so the text is stored once, in the event).
+    /// Stores text streamed into a live reply: one chunk, at the offset where the reply's text
+    /// so far ends, and one `ReplyDelta` change whose record is that byte range of the reply's
+    /// text (so the change log never copies the text, and never needs rewriting).
+    pub fn store_delta(
+        &mut self,
+        group: u128,
+        seq: u64,
+        familiar_id: String,
+        text: String,
+    ) -> Result<()> {
+        let start = match self
+            .reply_chunks
+            .range((group, seq, 0)..=(group, seq, u64::MAX))?
+            .next_back()
+        {
+            Some(last) => {
+                let last = last?;
+                let (start, text) = last.1.value();
+                start + text.len() as u64
+            }
+            None => 0,
+        };
+        let rev = self.peek_rev(group)?;
+        self.reply_chunks
+            .insert((group, seq, rev), (start, text.as_str()))?;
+        let record = ChangeRecord::ReplyDelta {
+            seq,
+            start,
+            len: text.len() as u64,
+        };
+        let update = GroupUpdate::ReplyDelta {
+            seq,
+            familiar_id,
+            text,
+        };
+        self.record_as(group, update, &record)?;
+        Ok(())
+    }
+
+    /// Turns a streaming reply into its final event: the chunks are joined once and removed (the
+    /// delta records, ranges of the reply's text, hold for the final text as they did for the
+    /// chunks).
     fn finalize_streaming(
         &mut self,
         group: u128,
@@ -197,27 +236,12 @@ impl<'txn> Batch<'txn> {
                 )))
             }
         };
-        let appended_at = event.rev;
         let range = (group, seq, 0)..=(group, seq, u64::MAX);
         let mut text = String::new();
-        let mut deltas = Vec::new();
         for entry in self.reply_chunks.range(range.clone())? {
-            let (key, chunk) = entry?;
-            let rev = key.value().2;
-            let chunk = chunk.value();
-            // The chunk at the append's own rev is the first output, which `EventAppended`
-            // records by length; every other chunk is one `ReplyDelta`.
-            if rev != appended_at {
-                deltas.push((rev, text.len() as u64, chunk.len() as u64));
-            }
-            text.push_str(chunk);
+            text.push_str(entry?.1.value().1);
         }
         self.reply_chunks.retain_in(range, |_, _| false)?;
-        for (rev, start, len) in deltas {
-            let record = ChangeRecord::ReplyText { seq, start, len };
-            self.changes
-                .insert((group, rev), codec::encode(&record)?.as_slice())?;
-        }
         event.text = text;
         event.streaming = false;
         event.error = error;

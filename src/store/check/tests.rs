@@ -211,20 +211,20 @@ fn an_event_rewritten_behind_the_log_is_caught() {
     });
     expect(&rev, Kind::RevIndex, "event 2 has rev");
 
-    // Text is stored once: a finished reply's deltas are ranges of its text, and a range the
-    // text does not hold is caught.
+    // Text is stored once: a reply's deltas are ranges of its text, and a range the text does
+    // not hold is caught.
     let range = base.check_after(|txn| {
         let mut changes = txn.open_table(CHANGES).unwrap();
         let mut delta = None;
         for entry in changes.range((group, 0)..=(group, u64::MAX)).unwrap() {
             let (key, value) = entry.unwrap();
-            if let Ok(stored::ChangeRecord::ReplyText { seq, .. }) = codec::decode(value.value()) {
+            if let Ok(stored::ChangeRecord::ReplyDelta { seq, .. }) = codec::decode(value.value()) {
                 delta = Some((key.value().1, seq));
                 break;
             }
         }
         let (rev, seq) = delta.expect("a finished reply's delta");
-        let record = stored::ChangeRecord::ReplyText {
+        let record = stored::ChangeRecord::ReplyDelta {
             seq,
             start: 1 << 20,
             len: 1,
@@ -302,7 +302,7 @@ fn running_or_streaming_without_a_turn_is_caught() {
         write_event(txn, group, &event);
         txn.open_table(REPLY_CHUNKS)
             .unwrap()
-            .insert((group, 2, event.rev), text.as_str())
+            .insert((group, 2, event.rev), (0, text.as_str()))
             .unwrap();
     });
     expect(&streaming, Kind::StreamingWithoutTurn, "event 2");
@@ -311,7 +311,7 @@ fn running_or_streaming_without_a_turn_is_caught() {
     let chunk = base.check_after(|txn| {
         txn.open_table(REPLY_CHUNKS)
             .unwrap()
-            .insert((group, 3, 1), "late")
+            .insert((group, 3, 1), (0, "late"))
             .unwrap();
     });
     expect(

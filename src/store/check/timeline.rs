@@ -230,7 +230,7 @@ impl Check {
             }
             match stored.get_mut(&seq) {
                 Some(event) if event.streaming => {
-                    event.text.write(text.value().as_bytes());
+                    event.text.write(text.value().1.as_bytes());
                     event.rev = event.rev.max(rev);
                 }
                 found => {
