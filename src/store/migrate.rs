@@ -46,11 +46,14 @@ fn by_id(
     Ok(out)
 }
 
+/// (group, seq or rev).
+type GroupKey = (u128, u64);
+
 /// Every value of a table keyed by (group, seq or rev), in key order.
 fn by_group(
     txn: &WriteTransaction,
     definition: redb::TableDefinition<(u128, u64), &'static [u8]>,
-) -> Result<Vec<((u128, u64), Vec<u8>)>> {
+) -> Result<Vec<(GroupKey, Vec<u8>)>> {
     let table = txn.open_table(definition)?;
     let mut out = Vec::new();
     for entry in table.iter()? {

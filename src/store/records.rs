@@ -409,6 +409,9 @@ impl ChangeRecord {
     }
 }
 
+/// A forward range over a group's events.
+type EventScan<'t> = redb::Range<'t, (u128, u64), &'static [u8]>;
+
 /// Rebuilds the changes of one group from their records, reading the text they carried from the
 /// events and chunks tables. Changes mostly name events in seq order (each event is appended
 /// once, in seq order), so events are read by one forward scan rather than a lookup each; the
@@ -419,7 +422,7 @@ pub struct ChangeReader<'t, E, C> {
     events: &'t E,
     chunks: &'t C,
     /// The forward scan over the group's events and the seq it yields next.
-    scan: Option<(u64, redb::Range<'t, (u128, u64), &'static [u8]>)>,
+    scan: Option<(u64, EventScan<'t>)>,
     /// Replies (and events a delta or range named) read so far, streaming ones completed.
     seen: HashMap<u64, GroupEvent>,
 }
