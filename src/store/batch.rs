@@ -35,8 +35,7 @@ pub struct Batch<'txn> {
     pub turns: Table<'txn, u128, &'static [u8]>,
     pub process_runs: Table<'txn, u128, (i32, &'static str)>,
     heads_table: Table<'txn, u128, &'static [u8]>,
-    /// Written through [`Batch::record`]; finishing a reply rewrites its delta records.
-    pub(super) changes: Table<'txn, (u128, u64), &'static [u8]>,
+    changes: Table<'txn, (u128, u64), &'static [u8]>,
     heads: HashMap<u128, HeadSlot>,
     /// Replies that have claimed their seq and are still streaming, across batches.
     pub live: LiveReplies,
