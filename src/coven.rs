@@ -20,7 +20,7 @@ use crate::hub::{GroupListener, Hub, Subscription};
 use crate::ids;
 use crate::model::{
     AdoptedMember, Config, Familiar, GroupChange, GroupConversation, GroupEvent, GroupSnapshot,
-    Recovery, Session, TurnHandle,
+    GroupTail, Recovery, Session, TurnHandle,
 };
 use crate::store::batch::Batch;
 use crate::store::ops::{NewEvent, NewGroup};
@@ -355,6 +355,30 @@ impl Coven {
     pub fn get_group(&self, group_id: &str) -> Result<GroupSnapshot> {
         let group = ids::parse("group_id", group_id)?;
         self.read(|reader| reader.snapshot(group))
+    }
+
+    /// The group, its latest `limit` events in seq order, the rev they reflect and whether
+    /// earlier events exist, from one consistent read: what a client shows when it opens a
+    /// thread. Reads O(`limit`) events whatever the length of the history (unlike
+    /// [`Coven::get_group`], which reads the whole timeline). Follow it with changes after `rev`
+    /// and page back with [`Coven::events_before`]. `limit` is 1..=`MAX_PAGE`.
+    pub fn get_group_tail(&self, group_id: &str, limit: u32) -> Result<GroupTail> {
+        self.read_page(group_id, limit, |reader, group| reader.tail(group, limit))
+    }
+
+    /// Up to `limit` events with seq less than `before_seq`: the latest of them, in seq order
+    /// (scrolling a thread back from its earliest shown event). Empty when `before_seq` is 0 or
+    /// 1; `before_seq` may be at most the group's latest seq + 1 (which pages back from the end),
+    /// and `limit` is 1..=`MAX_PAGE`.
+    pub fn events_before(
+        &self,
+        group_id: &str,
+        before_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<GroupEvent>> {
+        self.read_page(group_id, limit, |reader, group| {
+            reader.events_before(group, before_seq, limit)
+        })
     }
 
     /// Up to `limit` events with seq greater than `after_seq`.

@@ -7,23 +7,15 @@ use crate::harness::claude::ClaudeLines;
 use crate::harness::codex::CodexLines;
 use crate::harness::jsonl::Protocol;
 use crate::harness::terminal::TerminalText;
-use crate::model::{Familiar, GroupConversation, GroupEvent, GroupUpdate, Session};
-use crate::store::codec;
-use crate::store::tables::{self, Head, TurnRecord};
+use crate::store::tables::{Head, TurnRecord};
+use crate::store::{codec, records};
 
 pub use crate::harness::jsonl::LineEvent;
 
-/// The value types the store decodes, one per table that holds codec values, and last the
-/// events table's faster decoder (`tables::decode_event`), which must agree with `event`.
-pub const VALUE_KINDS: [&str; 8] = [
-    "familiar",
-    "group",
-    "head",
-    "event",
-    "change",
-    "session",
-    "turn",
-    "event (read path)",
+/// The value types the store decodes, one per table that holds codec values: the storage
+/// records of format 2 (`store::records`).
+pub const VALUE_KINDS: [&str; 7] = [
+    "familiar", "group", "head", "event", "change", "session", "turn",
 ];
 
 /// Decodes `bytes` as a stored value of `VALUE_KINDS[kind]` (taken modulo the number of kinds)
@@ -32,15 +24,16 @@ pub fn decode_value(kind: usize, bytes: &[u8]) -> Result<Vec<u8>> {
     fn again<T: serde::Serialize + serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<Vec<u8>> {
         codec::encode(&codec::decode::<T>(bytes)?)
     }
+    // The key parts a value does not hold; any will do.
+    const GROUP: u128 = 1;
     match kind % VALUE_KINDS.len() {
-        0 => again::<Familiar>(bytes),
-        1 => again::<GroupConversation>(bytes),
+        0 => records::encode_familiar(&records::decode_familiar("f", bytes)?),
+        1 => again::<records::GroupRecord>(bytes),
         2 => again::<Head>(bytes),
-        3 => again::<GroupEvent>(bytes),
-        4 => again::<GroupUpdate>(bytes),
-        5 => again::<Session>(bytes),
-        6 => again::<TurnRecord>(bytes),
-        _ => codec::encode(&tables::decode_event(bytes)?),
+        3 => records::encode_event(&records::decode_event(GROUP, 1, bytes)?),
+        4 => again::<records::ChangeRecord>(bytes),
+        5 => again::<records::SessionRecord>(bytes),
+        _ => again::<TurnRecord>(bytes),
     }
 }
 

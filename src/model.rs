@@ -182,6 +182,21 @@ pub struct GroupSnapshot {
     pub rev: u64,
 }
 
+/// A group with its latest events, as of `rev`: what a client needs to show a thread at once,
+/// at a cost that depends on how many events it asks for, not on the length of the history.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct GroupTail {
+    pub group: GroupConversation,
+    /// The group's latest events (at most the limit asked for), in seq order; replies still
+    /// streaming come with their partial text and `streaming = true`.
+    pub events: Vec<GroupEvent>,
+    /// The group's latest committed rev these events reflect; follow with changes after it.
+    pub rev: u64,
+    /// Whether events earlier than the first one returned exist; page back with
+    /// `events_before(group, events[0].seq, limit)`.
+    pub has_earlier: bool,
+}
+
 /// What one committed change did to a group.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, uniffi::Enum)]
 pub enum GroupUpdate {

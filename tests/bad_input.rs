@@ -416,6 +416,56 @@ mod cases {
         ]
     }
 
+    pub fn get_group_tail(ctx: &Ctx) -> Vec<Case> {
+        vec![
+            case("limit 0", invalid("limit"), |c, x| {
+                c.get_group_tail(&x.pair, 0)
+            }),
+            case(
+                "limit over MAX_PAGE",
+                invalid_saying("limit", MAX_PAGE),
+                |c, x| c.get_group_tail(&x.pair, MAX_PAGE + 1),
+            ),
+            case("malformed group id", invalid("group_id"), |c, _| {
+                c.get_group_tail("x", 10)
+            }),
+            case(
+                "unknown group",
+                not_found("group", &ctx.unknown_group),
+                |c, x| c.get_group_tail(&x.unknown_group, 10),
+            ),
+        ]
+    }
+
+    pub fn events_before(ctx: &Ctx) -> Vec<Case> {
+        vec![
+            case("limit 0", invalid("limit"), |c, x| {
+                c.events_before(&x.pair, 1, 0)
+            }),
+            case(
+                "limit over MAX_PAGE",
+                invalid_saying("limit", MAX_PAGE),
+                |c, x| c.events_before(&x.pair, 1, MAX_PAGE + 1),
+            ),
+            case(
+                "before_seq beyond the next seq",
+                invalid("before_seq"),
+                |c, x| c.events_before(&x.solo, head(c, &x.solo)?.0 + 2, 10),
+            ),
+            case("before_seq u64::MAX", invalid("before_seq"), |c, x| {
+                c.events_before(&x.pair, u64::MAX, 10)
+            }),
+            case("malformed group id", invalid("group_id"), |c, _| {
+                c.events_before("", 1, 10)
+            }),
+            case(
+                "unknown group",
+                not_found("group", &ctx.unknown_group),
+                |c, x| c.events_before(&x.unknown_group, 1, 10),
+            ),
+        ]
+    }
+
     pub fn changes_since(ctx: &Ctx) -> Vec<Case> {
         vec![
             case("limit 0", invalid("limit"), |c, x| {
@@ -992,6 +1042,8 @@ refusals!(
     create_group,
     get_group,
     events_since,
+    get_group_tail,
+    events_before,
     changes_since,
     rename_group,
     add_member,
@@ -1174,6 +1226,8 @@ fn every_operation_on_a_closed_store_is_closed() {
         op("list_groups", || coven.list_groups()),
         op("get_group", || coven.get_group(pair)),
         op("events_since", || coven.events_since(pair, 0, 10)),
+        op("get_group_tail", || coven.get_group_tail(pair, 10)),
+        op("events_before", || coven.events_before(pair, 1, 10)),
         op("changes_since", || coven.changes_since(pair, 0, 10)),
         op("rename_group", || coven.rename_group(pair, "x".into())),
         op("add_member", || coven.add_member(pair, "cara")),

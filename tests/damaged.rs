@@ -51,7 +51,7 @@ fn pristine() -> Pristine {
         let group = coven
             .create_group(Some(title.into()), ids(members), None)
             .unwrap();
-        for i in 0..120 {
+        for i in 0..180 {
             let text = format!("{title} {i} {}", "lorem ipsum ".repeat(1 + i % 40));
             coven
                 .append_user_message(&group.id, text, Some("Sam".into()))

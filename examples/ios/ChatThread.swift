@@ -4,7 +4,17 @@
 // Before: the thread kept `[familiarId: sessionId]` and looped one prompt over N sessions, so the
 // "group" had no shared order and could not re-sync. After: the thread is bound to one group id;
 // it sends through the library and renders the group's one timeline, bubbles keyed by seq and
-// attributed to their familiar, from a listener, and re-syncs by rev.
+// attributed to their familiar, from a listener, and re-syncs by rev. Opening a thread reads only
+// its tail (the latest page of events), so the first screen costs the same for a thread of ten
+// messages or ten thousand; older bubbles are read a page at a time as the user scrolls up.
+//
+// In SwiftUI:
+//
+//     List(thread.bubbles) { bubble in
+//         BubbleView(bubble).onAppear {
+//             if bubble.seq == thread.bubbles.first?.seq { Task { await thread.loadEarlier() } }
+//         }
+//     }
 
 import CovenGroup
 import Foundation
@@ -33,20 +43,28 @@ struct Bubble: Identifiable, Equatable {
 final class ChatThread: ObservableObject {
     let groupId: String
     @Published private(set) var bubbles: [Bubble] = []
+    /// Whether events older than the first bubble exist (scrolling up loads them).
+    @Published private(set) var hasEarlier = false
     @Published private(set) var lastError: String?
+
+    /// Events per page: the tail shown at open, and each page loaded when scrolling up.
+    static let pageSize: UInt32 = 50
 
     private let coven: Coven
     /// The rev every bubble reflects; everything after it is applied exactly once.
     private var rev: UInt64 = 0
     private var subscription: Subscription?
+    private var loadingEarlier = false
 
-    /// Binds the thread to a group: renders the stored timeline, then follows it live.
+    /// Binds the thread to a group: renders its latest page of events (not the whole history),
+    /// then follows it live from the rev that page reflects.
     init(coven: Coven, groupId: String) throws {
         self.coven = coven
         self.groupId = groupId
-        let snapshot = try coven.getGroup(groupId: groupId)
-        bubbles = snapshot.events.map(Bubble.init)
-        rev = snapshot.rev
+        let tail = try coven.getGroupTail(groupId: groupId, limit: Self.pageSize)
+        bubbles = tail.events.map(Bubble.init)
+        hasEarlier = tail.hasEarlier
+        rev = tail.rev
         // Keep the handle: dropping a Subscription cancels it.
         subscription = try coven.subscribe(groupId: groupId, afterRev: rev, listener: MainActorListener(self))
     }
@@ -85,6 +103,27 @@ final class ChatThread: ObservableObject {
     func stop() {
         let coven = coven, groupId = groupId
         Task.detached { _ = try? coven.cancelTurn(groupId: groupId) }
+    }
+
+    /// Scrolling up reached the first bubble: loads the page of events before it. Events never
+    /// change once earlier than every reply still streaming, so a page read now stays true; one
+    /// call at a time.
+    func loadEarlier() async {
+        guard hasEarlier, !loadingEarlier, let first = bubbles.first?.seq else { return }
+        loadingEarlier = true
+        defer { loadingEarlier = false }
+        let coven = coven, groupId = groupId, limit = Self.pageSize
+        do {
+            let page = try await Task.detached {
+                try coven.eventsBefore(groupId: groupId, beforeSeq: first, limit: limit)
+            }.value
+            // Live changes only touch later seqs, so the page goes in front as it is.
+            let earlier = page.filter { $0.seq < (bubbles.first?.seq ?? first) }
+            bubbles.insert(contentsOf: earlier.map(Bubble.init), at: 0)
+            hasEarlier = (page.first?.seq ?? 1) > 1
+        } catch {
+            report("\(error)")
+        }
     }
 
     /// Pull-to-refresh: pulls exactly what this thread has not seen (after `rev`).
@@ -126,6 +165,9 @@ final class ChatThread: ObservableObject {
     private func upsert(_ bubble: Bubble) {
         if let index = index(of: bubble.seq) {
             bubbles[index] = bubble
+        } else if let first = bubbles.first?.seq, bubble.seq < first {
+            // Not loaded yet: paging back will read it as stored, this change included.
+            return
         } else {
             // seq only grows, so appending keeps the bubbles in timeline order.
             bubbles.append(bubble)

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use redb::{Table, WriteTransaction};
 
 use super::codec;
+use super::records;
 use super::tables::*;
 use super::writer::ReplyKey;
 use crate::error::{Error, Result};
@@ -27,7 +28,7 @@ pub struct Batch<'txn> {
     pub familiars: Table<'txn, &'static str, &'static [u8]>,
     pub groups: Table<'txn, u128, &'static [u8]>,
     pub events: Table<'txn, (u128, u64), &'static [u8]>,
-    pub reply_chunks: Table<'txn, (u128, u64, u64), &'static str>,
+    pub reply_chunks: Table<'txn, (u128, u64, u64), (u64, &'static str)>,
     pub sessions: Table<'txn, u128, &'static [u8]>,
     pub group_sessions: Table<'txn, (u128, u128), ()>,
     pub cursors: Table<'txn, (u128, &'static str), u64>,
@@ -139,13 +140,24 @@ impl<'txn> Batch<'txn> {
 
     /// Records one change: claims the next rev, stores the change, queues it for publishing.
     pub fn record(&mut self, group: u128, update: GroupUpdate) -> Result<u64> {
+        let record = records::ChangeRecord::of(&update, self.now)?;
+        self.record_as(group, update, &record)
+    }
+
+    /// [`Batch::record`] with the change's storage record given (a delta's range of its reply).
+    pub(super) fn record_as(
+        &mut self,
+        group: u128,
+        update: GroupUpdate,
+        record: &records::ChangeRecord,
+    ) -> Result<u64> {
         let now = self.now;
         let head = self.head_mut(group)?;
         let rev = head.next_rev;
         head.next_rev += 1;
         head.active_at = now;
         self.changes
-            .insert((group, rev), codec::encode(&update)?.as_slice())?;
+            .insert((group, rev), codec::encode(record)?.as_slice())?;
         self.published.push(GroupChange {
             group_id: ids::to_string(group),
             rev,
@@ -184,17 +196,7 @@ impl<'txn> Batch<'txn> {
             let Some(seq) = self.live.seq(&key) else {
                 continue;
             };
-            let rev = self.peek_rev(key.group)?;
-            self.reply_chunks
-                .insert((key.group, seq, rev), text.as_str())?;
-            self.record(
-                key.group,
-                GroupUpdate::ReplyDelta {
-                    seq,
-                    familiar_id: key.familiar,
-                    text,
-                },
-            )?;
+            self.store_delta(key.group, seq, key.familiar, text)?;
         }
         Ok(())
     }

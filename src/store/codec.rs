@@ -5,8 +5,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// Version byte written in front of every value this release stores.
-pub const FORMAT_VERSION: u8 = 1;
+/// Version byte written in front of every value this release stores (format 2: the storage
+/// records of [`super::records`]). Format 1 (values that were the exported types themselves) is
+/// read only by the migration, with [`decode_version`].
+pub const FORMAT_VERSION: u8 = 2;
 
 fn config() -> bincode::config::Configuration {
     bincode::config::standard()
@@ -49,8 +51,14 @@ fn decode_body<'de, T: Deserialize<'de>>(
 /// Decodes a value written by [`encode`]; refuses unknown versions and trailing bytes. A type
 /// with borrowed fields (`&'de str`) reads them straight from `bytes`, without a copy.
 pub fn decode<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T> {
+    decode_version(bytes, FORMAT_VERSION)
+}
+
+/// [`decode`] of a value written behind version byte `expected` (the migration reads format 1
+/// this way); any other version byte is refused.
+pub fn decode_version<'de, T: Deserialize<'de>>(bytes: &'de [u8], expected: u8) -> Result<T> {
     match bytes.split_first() {
-        Some((&FORMAT_VERSION, body)) => {
+        Some((&version, body)) if version == expected => {
             let (value, used) =
                 decode_body(body).map_err(|err| Error::storage(format!("corrupt value: {err}")))?;
             if used != body.len() {
@@ -62,7 +70,7 @@ pub fn decode<'de, T: Deserialize<'de>>(bytes: &'de [u8]) -> Result<T> {
             Ok(value)
         }
         Some((version, _)) => Err(Error::storage(format!(
-            "value format version {version} is not supported (this release reads {FORMAT_VERSION})"
+            "value format version {version} is not supported here (expected {expected})"
         ))),
         None => Err(Error::storage("corrupt value: empty")),
     }

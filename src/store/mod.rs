@@ -6,7 +6,9 @@ pub mod check;
 pub mod codec;
 mod contain;
 mod create;
+mod migrate;
 pub mod ops;
+pub mod records;
 pub mod runs;
 mod staged;
 pub mod tables;
@@ -26,7 +28,7 @@ use redb::{
 use crate::error::{Error, Result};
 use crate::ids;
 use crate::model::{
-    Familiar, GroupChange, GroupConversation, GroupEvent, GroupSnapshot, GroupUpdate, Session,
+    Familiar, GroupChange, GroupConversation, GroupEvent, GroupSnapshot, GroupTail, Session,
 };
 pub use contain::contain_panic;
 use create::{AtPath, Placement, Temporary};
@@ -191,27 +193,35 @@ pub fn open_backend(backend: impl redb::StorageBackend) -> Result<Opened> {
     })
 }
 
+/// Brings a store to the current schema in one write transaction: creates missing tables,
+/// migrates the values of an older schema (see [`migrate`]) and records the current version. A
+/// newer schema is refused before anything is written.
 fn init_schema(db: &Database) -> Result<()> {
-    // Refuse a newer file before writing anything to it.
     let read = db.begin_read()?;
-    match read.open_table(META) {
-        Ok(meta) => {
-            if let Some(version) = meta.get(SCHEMA_KEY)? {
-                let version = version.value();
-                if version > SCHEMA_VERSION {
-                    return Err(Error::storage(format!(
-                        "store schema version {version} is newer than this release supports \
-                         ({SCHEMA_VERSION}); upgrade coven-group to open it"
-                    )));
-                }
-            }
-        }
-        Err(redb::TableError::TableDoesNotExist(_)) => {}
+    let found = match read.open_table(META) {
+        Ok(meta) => meta.get(SCHEMA_KEY)?.map(|version| version.value()),
+        Err(redb::TableError::TableDoesNotExist(_)) => None,
         Err(err) => return Err(err.into()),
-    }
+    };
     drop(read);
+    if let Some(version) = found {
+        if version > SCHEMA_VERSION {
+            return Err(Error::storage(format!(
+                "store schema version {version} is newer than this release supports \
+                 ({SCHEMA_VERSION}); upgrade coven-group to open it"
+            )));
+        }
+        if version == 0 {
+            return Err(Error::storage(
+                "store schema version 0 is not a released format",
+            ));
+        }
+    }
 
     let write = db.begin_write()?;
+    if let Some(version) = found.filter(|version| *version < SCHEMA_VERSION) {
+        migrate::to_current(&write, version)?;
+    }
     {
         write.open_table(META)?.insert(SCHEMA_KEY, SCHEMA_VERSION)?;
         write.open_table(FAMILIARS)?;
@@ -325,14 +335,20 @@ impl Reader {
     }
 
     pub fn familiar(&self, id: &str) -> Result<Option<Familiar>> {
-        load(&self.txn.open_table(FAMILIARS)?, id)
+        match self.txn.open_table(FAMILIARS)?.get(id)? {
+            Some(value) => Ok(Some(records::decode_familiar(id, value.value())?)),
+            None => Ok(None),
+        }
     }
 
     pub fn familiars(&self) -> Result<Vec<Familiar>> {
         let table = self.txn.open_table(FAMILIARS)?;
         table
             .iter()?
-            .map(|entry| codec::decode(entry?.1.value()))
+            .map(|entry| {
+                let (key, value) = entry?;
+                records::decode_familiar(key.value(), value.value())
+            })
             .collect()
     }
 
@@ -343,8 +359,11 @@ impl Reader {
 
     /// The group with `updated_at` set to its latest activity (from its head).
     fn group(&self, group: u128, head: &Head) -> Result<GroupConversation> {
-        let mut record: GroupConversation = load(&self.txn.open_table(GROUPS)?, group)?
+        let groups = self.txn.open_table(GROUPS)?;
+        let value = groups
+            .get(group)?
             .ok_or_else(|| Error::not_found("group", ids::to_string(group)))?;
+        let mut record = records::decode_group(group, value.value())?;
         record.updated_at = head.active_at;
         Ok(record)
     }
@@ -356,7 +375,7 @@ impl Reader {
         let mut out = Vec::new();
         for entry in groups.iter()? {
             let (key, value) = entry?;
-            let mut record: GroupConversation = codec::decode(value.value())?;
+            let mut record = records::decode_group(key.value(), value.value())?;
             if let Some(head) = load::<u128, Head>(&heads, key.value())? {
                 record.updated_at = head.active_at;
             }
@@ -390,14 +409,20 @@ impl Reader {
         let chunks = self.txn.open_table(REPLY_CHUNKS)?;
         let mut out = Vec::with_capacity(limit);
         let first = after_seq.saturating_add(1);
+        let group_id = ids::to_string(group);
         for entry in events
             .range((group, first)..=(group, u64::MAX))?
             .take(limit)
         {
+            let (key, value) = entry?;
             // Decoded straight into the page: an event is a few hundred bytes to move.
-            out.push(decode_event(entry?.1.value())?);
+            out.push(records::decode_event_of(
+                group_id.clone(),
+                key.value().1,
+                value.value(),
+            )?);
             if let Some(event) = out.last_mut() {
-                complete_event(&chunks, group, event)?;
+                records::complete_event(&chunks, group, event)?;
             }
         }
         Ok(out)
@@ -411,6 +436,72 @@ impl Reader {
             events: self.events_after(group, 0, head.seq() as usize)?,
             rev: head.rev(),
         })
+    }
+
+    /// The group, its latest `limit` events and the rev they reflect, from one read transaction;
+    /// O(`limit`) reads whatever the length of the history.
+    pub fn tail(&self, group: u128, limit: u32) -> Result<GroupTail> {
+        let head = self.head(group)?;
+        let events = self.events_ending_before(group, head.next_seq, limit)?;
+        Ok(GroupTail {
+            group: self.group(group, &head)?,
+            has_earlier: events.first().is_some_and(|event| event.seq > 1),
+            events,
+            rev: head.rev(),
+        })
+    }
+
+    /// Up to `limit` events with seq less than `before_seq` (the latest of them), in seq order.
+    /// `before_seq` may be at most the group's next seq (latest + 1).
+    pub fn events_before(
+        &self,
+        group: u128,
+        before_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<GroupEvent>> {
+        let head = self.head(group)?;
+        if before_seq > head.next_seq {
+            return Err(Error::invalid(
+                "before_seq",
+                format!(
+                    "{before_seq} is beyond the group's next seq {} (its latest is {})",
+                    head.next_seq,
+                    head.seq()
+                ),
+            ));
+        }
+        self.events_ending_before(group, before_seq, limit)
+    }
+
+    /// The last `limit` events before `before_seq` (which the caller has checked), in seq order,
+    /// streaming ones completed.
+    fn events_ending_before(
+        &self,
+        group: u128,
+        before_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<GroupEvent>> {
+        if before_seq <= 1 {
+            return Ok(Vec::new());
+        }
+        let events = self.txn.open_table(EVENTS)?;
+        let chunks = self.txn.open_table(REPLY_CHUNKS)?;
+        let count = (before_seq - 1).min(u64::from(limit)) as usize;
+        let mut out = Vec::with_capacity(count);
+        let group_id = ids::to_string(group);
+        for entry in events
+            .range((group, 1)..(group, before_seq))?
+            .rev()
+            .take(count)
+        {
+            let (key, value) = entry?;
+            let mut event =
+                records::decode_event_of(group_id.clone(), key.value().1, value.value())?;
+            records::complete_event(&chunks, group, &mut event)?;
+            out.push(event);
+        }
+        out.reverse();
+        Ok(out)
     }
 
     /// The group's head, refusing a rev beyond it (a client cannot have seen the future).
@@ -432,6 +523,9 @@ impl Reader {
     pub fn changes(&self, group: u128, after_rev: u64, limit: u32) -> Result<Vec<GroupChange>> {
         self.head_covering(group, after_rev)?;
         let changes = self.txn.open_table(CHANGES)?;
+        let events = self.txn.open_table(EVENTS)?;
+        let chunks = self.txn.open_table(REPLY_CHUNKS)?;
+        let mut text = records::ChangeReader::new(group, &events, &chunks);
         let group_id = ids::to_string(group);
         let mut out = Vec::new();
         for entry in changes
@@ -439,10 +533,11 @@ impl Reader {
             .take(limit as usize)
         {
             let (key, value) = entry?;
-            let update: GroupUpdate = codec::decode(value.value())?;
+            let rev = key.value().1;
+            let update = text.update(rev, value.value())?;
             out.push(GroupChange {
                 group_id: group_id.clone(),
-                rev: key.value().1,
+                rev,
                 update,
             });
         }
@@ -450,8 +545,10 @@ impl Reader {
     }
 
     pub fn session(&self, session: u128) -> Result<Session> {
-        load(&self.txn.open_table(SESSIONS)?, session)?
-            .ok_or_else(|| Error::not_found("session", ids::to_string(session)))
+        match self.txn.open_table(SESSIONS)?.get(session)? {
+            Some(value) => records::decode_session(session, value.value()),
+            None => Err(Error::not_found("session", ids::to_string(session))),
+        }
     }
 
     /// Every session of a group, archived ones included, ordered by session id.
@@ -462,8 +559,9 @@ impl Reader {
         let mut out = Vec::new();
         for entry in index.range((group, 0)..=(group, u128::MAX))? {
             let (key, _) = entry?;
-            if let Some(session) = load(&sessions, key.value().1)? {
-                out.push(session);
+            let session = key.value().1;
+            if let Some(value) = sessions.get(session)? {
+                out.push(records::decode_session(session, value.value())?);
             }
         }
         Ok(out)

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use redb::ReadableTable;
 
 use super::batch::Batch;
-use super::codec;
+use super::records;
 use super::tables::*;
 use crate::error::{Error, Result};
 use crate::ids;
@@ -73,26 +73,33 @@ pub struct NewGroup {
 
 impl<'txn> Batch<'txn> {
     pub fn familiar(&self, id: &str) -> Result<Familiar> {
-        load(&self.familiars, id)?.ok_or_else(|| Error::not_found("familiar", id))
+        match self.familiars.get(id)? {
+            Some(value) => records::decode_familiar(id, value.value()),
+            None => Err(Error::not_found("familiar", id)),
+        }
     }
 
     pub fn group(&mut self, group: u128) -> Result<GroupConversation> {
         let head = self.head(group)?;
-        let mut record: GroupConversation = load(&self.groups, group)?
-            .ok_or_else(|| Error::not_found("group", ids::to_string(group)))?;
+        let mut record = match self.groups.get(group)? {
+            Some(value) => records::decode_group(group, value.value())?,
+            None => return Err(Error::not_found("group", ids::to_string(group))),
+        };
         record.updated_at = head.active_at;
         Ok(record)
     }
 
     pub fn session(&self, session: u128) -> Result<Session> {
-        load(&self.sessions, session)?
-            .ok_or_else(|| Error::not_found("session", ids::to_string(session)))
+        match self.sessions.get(session)? {
+            Some(value) => records::decode_session(session, value.value()),
+            None => Err(Error::not_found("session", ids::to_string(session))),
+        }
     }
 
     pub fn store_session(&mut self, session: &Session) -> Result<()> {
         let key = ids::parse_stored("session id", &session.id)?;
         self.sessions
-            .insert(key, codec::encode(session)?.as_slice())?;
+            .insert(key, records::encode_session(session)?.as_slice())?;
         Ok(())
     }
 
@@ -105,7 +112,7 @@ impl<'txn> Batch<'txn> {
     ) -> Result<GroupConversation> {
         record.updated_at = self.now;
         self.groups
-            .insert(group, codec::encode(&record)?.as_slice())?;
+            .insert(group, records::encode_group(&record)?.as_slice())?;
         let update = if created {
             GroupUpdate::GroupCreated {
                 group: record.clone(),
@@ -141,17 +148,17 @@ impl<'txn> Batch<'txn> {
             // A streaming reply's text lives in chunks until it finishes (O(n) storage).
             if !event.text.is_empty() {
                 self.reply_chunks
-                    .insert((group, seq, rev), event.text.as_str())?;
+                    .insert((group, seq, rev), (0, event.text.as_str()))?;
             }
             let header = GroupEvent {
                 text: String::new(),
                 ..event.clone()
             };
             self.events
-                .insert((group, seq), codec::encode(&header)?.as_slice())?;
+                .insert((group, seq), records::encode_event(&header)?.as_slice())?;
         } else {
             self.events
-                .insert((group, seq), codec::encode(&event)?.as_slice())?;
+                .insert((group, seq), records::encode_event(&event)?.as_slice())?;
         }
         self.record(
             group,
@@ -163,7 +170,12 @@ impl<'txn> Batch<'txn> {
     }
 
     pub fn register_familiar(&mut self, familiar: Familiar) -> Result<Familiar> {
-        if let Some(existing) = load::<&str, Familiar>(&self.familiars, familiar.id.as_str())? {
+        let existing = match self.familiar(&familiar.id) {
+            Ok(existing) => Some(existing),
+            Err(Error::NotFound { .. }) => None,
+            Err(err) => return Err(err),
+        };
+        if let Some(existing) = existing {
             if existing.harness != familiar.harness {
                 return Err(Error::conflict(format!(
                     "familiar {:?} is already registered with harness {:?}, not {:?}",
@@ -171,8 +183,10 @@ impl<'txn> Batch<'txn> {
                 )));
             }
         }
-        self.familiars
-            .insert(familiar.id.as_str(), codec::encode(&familiar)?.as_slice())?;
+        self.familiars.insert(
+            familiar.id.as_str(),
+            records::encode_familiar(&familiar)?.as_slice(),
+        )?;
         Ok(familiar)
     }
 
@@ -180,7 +194,7 @@ impl<'txn> Batch<'txn> {
         let mut familiars = Vec::with_capacity(members.len());
         for (familiar_id, session) in members {
             familiars.push(self.familiar(familiar_id)?);
-            if load::<u128, Session>(&self.sessions, *session)?.is_some() {
+            if self.sessions.get(*session)?.is_some() {
                 return Err(Error::conflict(format!(
                     "session {} already exists",
                     ids::to_string(*session)

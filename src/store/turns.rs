@@ -9,6 +9,7 @@ use tracing::debug;
 use super::batch::Batch;
 use super::codec;
 use super::ops::NewEvent;
+use super::records::{self, ChangeRecord};
 use super::tables::*;
 use super::writer::{ReplyKey, ReplyOutput};
 use crate::error::{Error, Result};
@@ -178,23 +179,67 @@ impl<'txn> Batch<'txn> {
         }
     }
 
-    /// Turns a streaming reply into its final event: the chunks are joined once and removed.
+    /// Stores text streamed into a live reply: one chunk, at the offset where the reply's text
+    /// so far ends, and one `ReplyDelta` change whose record is that byte range of the reply's
+    /// text (so the change log never copies the text, and never needs rewriting).
+    pub fn store_delta(
+        &mut self,
+        group: u128,
+        seq: u64,
+        familiar_id: String,
+        text: String,
+    ) -> Result<()> {
+        let start = match self
+            .reply_chunks
+            .range((group, seq, 0)..=(group, seq, u64::MAX))?
+            .next_back()
+        {
+            Some(last) => {
+                let last = last?;
+                let (start, text) = last.1.value();
+                start + text.len() as u64
+            }
+            None => 0,
+        };
+        let rev = self.peek_rev(group)?;
+        self.reply_chunks
+            .insert((group, seq, rev), (start, text.as_str()))?;
+        let record = ChangeRecord::ReplyDelta {
+            seq,
+            start,
+            len: text.len() as u64,
+        };
+        let update = GroupUpdate::ReplyDelta {
+            seq,
+            familiar_id,
+            text,
+        };
+        self.record_as(group, update, &record)?;
+        Ok(())
+    }
+
+    /// Turns a streaming reply into its final event: the chunks are joined once and removed (the
+    /// delta records, ranges of the reply's text, hold for the final text as they did for the
+    /// chunks).
     fn finalize_streaming(
         &mut self,
         group: u128,
         seq: u64,
         error: Option<ReplyError>,
     ) -> Result<GroupEvent> {
-        let mut event: GroupEvent = load(&self.events, (group, seq))?.ok_or_else(|| {
-            Error::storage(format!(
-                "reply {seq} of group {} is missing",
-                ids::to_string(group)
-            ))
-        })?;
+        let mut event = match self.events.get((group, seq))? {
+            Some(value) => records::decode_event(group, seq, value.value())?,
+            None => {
+                return Err(Error::storage(format!(
+                    "reply {seq} of group {} is missing",
+                    ids::to_string(group)
+                )))
+            }
+        };
         let range = (group, seq, 0)..=(group, seq, u64::MAX);
         let mut text = String::new();
         for entry in self.reply_chunks.range(range.clone())? {
-            text.push_str(entry?.1.value());
+            text.push_str(entry?.1.value().1);
         }
         self.reply_chunks.retain_in(range, |_, _| false)?;
         event.text = text;
@@ -202,7 +247,7 @@ impl<'txn> Batch<'txn> {
         event.error = error;
         event.rev = self.peek_rev(group)?;
         self.events
-            .insert((group, seq), codec::encode(&event)?.as_slice())?;
+            .insert((group, seq), records::encode_event(&event)?.as_slice())?;
         self.record(
             group,
             GroupUpdate::ReplyFinished {
@@ -242,7 +287,8 @@ impl<'txn> Batch<'txn> {
                 .events
                 .range((group, turn.user_seq + 1)..=(group, u64::MAX))?
             {
-                let event: GroupEvent = codec::decode(entry?.1.value())?;
+                let (key, value) = entry?;
+                let event = records::decode_event(group, key.value().1, value.value())?;
                 if event.streaming && event.turn_id.as_deref() == Some(turn_id.as_str()) {
                     if let Some(familiar) = event.familiar_id {
                         streaming.insert(familiar, event.seq);
@@ -278,7 +324,8 @@ impl<'txn> Batch<'txn> {
         }
         let mut running = Vec::new();
         for entry in self.sessions.iter()? {
-            let session: Session = codec::decode(entry?.1.value())?;
+            let (key, value) = entry?;
+            let session = records::decode_session(key.value(), value.value())?;
             if session.status == SessionStatus::Running {
                 running.push(session);
             }

@@ -169,6 +169,29 @@ class FanOut(StoreTestCase):
         self.assertEqual(self.coven.get_cursor(group.id, "phone"), middle)
         self.assertIsNone(self.coven.get_cursor(group.id, "tablet"))
 
+    def test_tail_then_pages_back_to_the_first_event(self):
+        group = self.group_of(scripted("ada", "Ada", 4))
+        for i in range(23):
+            self.coven.append_user_message(group.id, f"message {i}", None)
+        turn = self.coven.send(group.id, "and you?", None)
+        self.assertTrue(self.coven.wait_turn(turn.turn_id, WAIT))
+
+        tail = self.coven.get_group_tail(group.id, 10)
+        snapshot = self.coven.get_group(group.id)
+        self.assertEqual(tail.group, snapshot.group)
+        self.assertEqual(tail.rev, snapshot.rev)
+        self.assertEqual([e.seq for e in tail.events], list(range(16, 26)))
+        self.assertTrue(tail.has_earlier)
+        self.assertEqual(tail.events[-1].text, "w0 w1 w2 w3")
+
+        pages = [tail.events]
+        while page := self.coven.events_before(group.id, pages[-1][0].seq, 10):
+            pages.append(page)
+        self.assertEqual([len(p) for p in pages], [10, 10, 5])
+        self.assertEqual([e for p in reversed(pages) for e in p], snapshot.events)
+        with self.assertRaises(cg.CovenError.InvalidInput):
+            self.coven.events_before(group.id, 27, 10)
+
 
 class Adoption(StoreTestCase):
     def test_adopt_interleaves_histories_and_keeps_sessions(self):

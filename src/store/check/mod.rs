@@ -28,12 +28,13 @@ use redb::{ReadableTable, ReadableTableMetadata};
 use serde::de::DeserializeOwned;
 
 use super::codec;
+use super::records as stored;
 use super::tables::*;
 use super::Reader;
 use crate::error::Result;
 use crate::ids;
 use crate::model::{
-    EventKind, Familiar, GroupConversation, GroupEvent, GroupUpdate, IntegrityProblem,
+    EventKind, GroupConversation, GroupEvent, GroupUpdate, IntegrityProblem,
     IntegrityProblemKind as Kind, IntegrityReport, Session, SessionStatus, MAX_INTEGRITY_PROBLEMS,
 };
 
@@ -74,6 +75,22 @@ impl Check {
             });
         } else {
             self.report.problems_omitted += 1;
+        }
+    }
+
+    /// The outcome of decoding a value, recording a problem (and giving `None`) when it failed.
+    fn decoded<T>(
+        &mut self,
+        group: Option<u128>,
+        what: impl FnOnce() -> String,
+        outcome: Result<T>,
+    ) -> Option<T> {
+        match outcome {
+            Ok(value) => Some(value),
+            Err(err) => {
+                self.problem(group, Kind::CorruptRecord, format!("{}: {err}", what()));
+                None
+            }
         }
     }
 

@@ -7,11 +7,11 @@ impl Check {
     pub(super) fn schema(&mut self, reader: &Reader) -> Result<()> {
         let meta = reader.txn.open_table(META)?;
         match meta.get(SCHEMA_KEY)?.map(|v| v.value()) {
-            Some(version) if (1..=SCHEMA_VERSION).contains(&version) => {}
+            Some(SCHEMA_VERSION) => {}
             Some(version) => self.problem(
                 None,
                 Kind::Schema,
-                format!("schema version {version}; this release reads 1..={SCHEMA_VERSION}"),
+                format!("schema version {version}; this release reads {SCHEMA_VERSION}"),
             ),
             None => self.problem(None, Kind::Schema, "no schema version"),
         }
@@ -24,9 +24,11 @@ impl Check {
         for entry in table.iter()? {
             let (key, value) = entry?;
             let key = key.value();
-            let Some(familiar) =
-                self.decode::<Familiar>(None, || format!("familiar {key:?}"), value.value())
-            else {
+            let Some(familiar) = self.decoded(
+                None,
+                || format!("familiar {key:?}"),
+                stored::decode_familiar(key, value.value()),
+            ) else {
                 continue;
             };
             if familiar.id != key {
@@ -74,9 +76,11 @@ impl Check {
         for entry in table.iter()? {
             let (key, value) = entry?;
             let group = key.value();
-            let Some(record) =
-                self.decode::<GroupConversation>(Some(group), || "group".into(), value.value())
-            else {
+            let Some(record) = self.decoded(
+                Some(group),
+                || "group".into(),
+                stored::decode_group(group, value.value()),
+            ) else {
                 continue;
             };
             if record.id != ids::to_string(group) {
@@ -150,7 +154,8 @@ impl Check {
             let (key, value) = entry?;
             let id = key.value();
             let what = || format!("session {}", ids::to_string(id));
-            let Some(session) = self.decode::<Session>(None, what, value.value()) else {
+            let Some(session) = self.decoded(None, what, stored::decode_session(id, value.value()))
+            else {
                 continue;
             };
             if session.id != ids::to_string(id) {

@@ -140,9 +140,11 @@ impl Check {
                 );
             }
             expected = seq.saturating_add(1);
-            let Some(mut event) =
-                self.decode::<GroupEvent>(Some(group), || format!("event {seq}"), value.value())
-            else {
+            let Some(mut event) = self.decoded(
+                Some(group),
+                || format!("event {seq}"),
+                stored::decode_event(group, seq, value.value()),
+            ) else {
                 continue;
             };
             if event.seq != seq || event.group_id != group_id {
@@ -228,7 +230,7 @@ impl Check {
             }
             match stored.get_mut(&seq) {
                 Some(event) if event.streaming => {
-                    event.text.write(text.value().as_bytes());
+                    event.text.write(text.value().1.as_bytes());
                     event.rev = event.rev.max(rev);
                 }
                 found => {
@@ -261,6 +263,9 @@ impl Check {
         stored: &BTreeMap<u64, Stored>,
     ) -> Result<HashMap<u64, Logged>> {
         let table = reader.txn.open_table(CHANGES)?;
+        let events = reader.txn.open_table(EVENTS)?;
+        let chunks = reader.txn.open_table(REPLY_CHUNKS)?;
+        let mut text = stored::ChangeReader::new(group, &events, &chunks);
         let mut logged: HashMap<u64, Logged> = HashMap::new();
         let mut expected = 1;
         let mut next_appended = 1;
@@ -279,9 +284,23 @@ impl Check {
                 );
             }
             expected = rev.saturating_add(1);
-            let Some(update) =
-                self.decode::<GroupUpdate>(Some(group), || format!("change {rev}"), value.value())
-            else {
+            // A change about an event that is gone cannot be rebuilt: name it as what it is.
+            let names = codec::decode::<stored::ChangeRecord>(value.value())
+                .ok()
+                .and_then(|record| record.seq());
+            if let Some(seq) = names.filter(|seq| !stored.contains_key(seq)) {
+                self.problem(
+                    Some(group),
+                    Kind::RevIndex,
+                    format!("change {rev} names event {seq}, which does not exist"),
+                );
+                continue;
+            }
+            let Some(update) = self.decoded(
+                Some(group),
+                || format!("change {rev}"),
+                text.update(rev, value.value()),
+            ) else {
                 continue;
             };
             let created = matches!(update, GroupUpdate::GroupCreated { .. });
