@@ -347,7 +347,12 @@ fn stream_turn(members: usize) -> StreamRun {
         syncs: syncs.clone(),
         written: written.clone(),
     };
-    let coven = Coven::open_with_backend(backend, Config::default()).expect("open the store");
+    // Every member runs at once (the default runs at most 8).
+    let config = Config {
+        max_concurrent_runs: members as u32,
+        ..Config::default()
+    };
+    let coven = Coven::open_with_backend(backend, config).expect("open the store");
     let emits = Arc::new(Emits::default());
     let group = paced_group(&coven, members, emits.clone());
     let listener = Arc::new(Latencies {
