@@ -1,8 +1,9 @@
 //! The workload `scripts/callgrind-commit.sh` measures under callgrind: durable user messages
 //! appended to one group of a file store, either one caller after another (every commit holds
 //! one event) or from many callers at once (the writer's group commit folds many events into one
-//! commit). It uses only `Coven::open`, `create_group`, `append_user_message`, `close` and
-//! `Config`, so the same file builds against older revisions of the library for comparison.
+//! commit). It uses only `Coven::open`, `register_familiar` (`Familiar::new`), `create_group`,
+//! `append_user_message`, `close` and `Config`, so the same file builds against older revisions
+//! of the library for comparison.
 //!
 //! ```sh
 //! cargo run --release --example commit_cost -- <baseline|sequential|concurrent> <events> <dir>
@@ -13,7 +14,7 @@
 
 use std::sync::Arc;
 
-use coven_group::{Config, Coven};
+use coven_group::{Config, Coven, Familiar};
 
 /// Callers appending at once in the `concurrent` workload.
 const CALLERS: usize = 64;
@@ -29,8 +30,12 @@ fn main() {
     let path = std::path::Path::new(dir).join(format!("commit_cost-{mode}.redb"));
     let _ = std::fs::remove_file(&path);
     let coven = Arc::new(Coven::open(&path, Config::default()).expect("open"));
+    // A group needs a member; it never runs, only user messages are appended.
+    coven
+        .register_familiar(Familiar::new("ada", "Ada", "scripted"))
+        .expect("register a familiar");
     let group = coven
-        .create_group(Some("cost".into()), Vec::new(), None)
+        .create_group(Some("cost".into()), vec!["ada".into()], None)
         .expect("create group")
         .id;
     let text = "a message of some forty bytes of text..".to_string();

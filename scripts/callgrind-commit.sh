@@ -35,8 +35,11 @@ mkdir -p "$store_dir"
 # Prints "<instructions> <commits>" of one run.
 measure() {
   local mode=$1 events=$2 file="$out/commit_cost.$1.out"
-  valgrind --tool=callgrind --callgrind-out-file="$file" --compress-strings=no \
-    --compress-pos=no "$binary" "$mode" "$events" "$store_dir" 2>"$out/commit_cost.$1.log"
+  if ! valgrind --tool=callgrind --callgrind-out-file="$file" --compress-strings=no \
+    --compress-pos=no "$binary" "$mode" "$events" "$store_dir" 2>"$out/commit_cost.$1.log"; then
+    echo "the $mode run failed; see $out/commit_cost.$1.log" >&2
+    exit 1
+  fi
   awk '
     /^summary:/ || /^totals:/ { total = $2 }
     /^cfn=/ { callee = substr($0, 5) }
@@ -47,9 +50,12 @@ measure() {
   ' "$file"
 }
 
-read -r base_ir base_commits < <(measure baseline 0)
-read -r seq_ir seq_commits < <(measure sequential "$sequential_events")
-read -r con_ir con_commits < <(measure concurrent "$concurrent_events")
+base=$(measure baseline 0)
+sequential=$(measure sequential "$sequential_events")
+concurrent=$(measure concurrent "$concurrent_events")
+read -r base_ir base_commits <<<"$base"
+read -r seq_ir seq_commits <<<"$sequential"
+read -r con_ir con_commits <<<"$concurrent"
 
 python3 - "$base_ir" "$base_commits" "$seq_ir" "$seq_commits" "$sequential_events" \
   "$con_ir" "$con_commits" "$concurrent_events" <<'PY'
