@@ -73,25 +73,26 @@ pub struct NewGroup {
 
 impl<'txn> Batch<'txn> {
     pub fn familiar(&self, id: &str) -> Result<Familiar> {
-        load(&self.familiars, id)?.ok_or_else(|| Error::not_found("familiar", id))
+        load(self.familiars.open()?, id)?.ok_or_else(|| Error::not_found("familiar", id))
     }
 
     pub fn group(&mut self, group: u128) -> Result<GroupConversation> {
         let head = self.head(group)?;
-        let mut record: GroupConversation = load(&self.groups, group)?
+        let mut record: GroupConversation = load(self.groups.open()?, group)?
             .ok_or_else(|| Error::not_found("group", ids::to_string(group)))?;
         record.updated_at = head.active_at;
         Ok(record)
     }
 
     pub fn session(&self, session: u128) -> Result<Session> {
-        load(&self.sessions, session)?
+        load(self.sessions.open()?, session)?
             .ok_or_else(|| Error::not_found("session", ids::to_string(session)))
     }
 
     pub fn store_session(&mut self, session: &Session) -> Result<()> {
         let key = ids::parse_stored("session id", &session.id)?;
         self.sessions
+            .open_mut()?
             .insert(key, codec::encode(session)?.as_slice())?;
         Ok(())
     }
@@ -105,6 +106,7 @@ impl<'txn> Batch<'txn> {
     ) -> Result<GroupConversation> {
         record.updated_at = self.now;
         self.groups
+            .open_mut()?
             .insert(group, codec::encode(&record)?.as_slice())?;
         let update = if created {
             GroupUpdate::GroupCreated {
@@ -141,6 +143,7 @@ impl<'txn> Batch<'txn> {
             // A streaming reply's text lives in chunks until it finishes (O(n) storage).
             if !event.text.is_empty() {
                 self.reply_chunks
+                    .open_mut()?
                     .insert((group, seq, rev), event.text.as_str())?;
             }
             let header = GroupEvent {
@@ -148,9 +151,11 @@ impl<'txn> Batch<'txn> {
                 ..event.clone()
             };
             self.events
+                .open_mut()?
                 .insert((group, seq), codec::encode(&header)?.as_slice())?;
         } else {
             self.events
+                .open_mut()?
                 .insert((group, seq), codec::encode(&event)?.as_slice())?;
         }
         self.record(
@@ -163,7 +168,9 @@ impl<'txn> Batch<'txn> {
     }
 
     pub fn register_familiar(&mut self, familiar: Familiar) -> Result<Familiar> {
-        if let Some(existing) = load::<&str, Familiar>(&self.familiars, familiar.id.as_str())? {
+        if let Some(existing) =
+            load::<&str, Familiar>(self.familiars.open()?, familiar.id.as_str())?
+        {
             if existing.harness != familiar.harness {
                 return Err(Error::conflict(format!(
                     "familiar {:?} is already registered with harness {:?}, not {:?}",
@@ -172,6 +179,7 @@ impl<'txn> Batch<'txn> {
             }
         }
         self.familiars
+            .open_mut()?
             .insert(familiar.id.as_str(), codec::encode(&familiar)?.as_slice())?;
         Ok(familiar)
     }
@@ -180,7 +188,7 @@ impl<'txn> Batch<'txn> {
         let mut familiars = Vec::with_capacity(members.len());
         for (familiar_id, session) in members {
             familiars.push(self.familiar(familiar_id)?);
-            if load::<u128, Session>(&self.sessions, *session)?.is_some() {
+            if load::<u128, Session>(self.sessions.open()?, *session)?.is_some() {
                 return Err(Error::conflict(format!(
                     "session {} already exists",
                     ids::to_string(*session)
@@ -203,7 +211,9 @@ impl<'txn> Batch<'txn> {
             updated_at: self.now,
         };
         self.store_session(&record)?;
-        self.group_sessions.insert((group, session), ())?;
+        self.group_sessions
+            .open_mut()?
+            .insert((group, session), ())?;
         Ok(())
     }
 
@@ -287,7 +297,7 @@ impl<'txn> Batch<'txn> {
                 "a group keeps at least one member; delete the group instead",
             ));
         }
-        if let Some(turn) = load::<u128, TurnRecord>(&self.turns, group)? {
+        if let Some(turn) = load::<u128, TurnRecord>(self.turns.open()?, group)? {
             if turn.pending.contains(&familiar_id) {
                 return Err(Error::conflict(format!(
                     "{familiar_id:?} is still replying in turn {}; cancel or wait for it first",
@@ -316,27 +326,34 @@ impl<'txn> Batch<'txn> {
 
     pub fn delete_group(&mut self, group: u128) -> Result<()> {
         let head = self.head(group)?;
-        if let Some(turn) = load::<u128, TurnRecord>(&self.turns, group)? {
+        if let Some(turn) = load::<u128, TurnRecord>(self.turns.open()?, group)? {
             return Err(Error::conflict(format!(
                 "turn {} is still running; cancel it before deleting the group",
                 ids::to_string(turn.turn_id)
             )));
         }
         let mut sessions = Vec::new();
-        for entry in self.group_sessions.range((group, 0)..=(group, u128::MAX))? {
+        for entry in self
+            .group_sessions
+            .open()?
+            .range((group, 0)..=(group, u128::MAX))?
+        {
             sessions.push(entry?.0.value().1);
         }
         for session in sessions {
-            self.sessions.remove(session)?;
+            self.sessions.open_mut()?.remove(session)?;
         }
         self.group_sessions
+            .open_mut()?
             .retain_in((group, 0)..=(group, u128::MAX), |_, _| false)?;
         self.events
+            .open_mut()?
             .retain_in((group, 0)..=(group, u64::MAX), |_, _| false)?;
         self.reply_chunks
+            .open_mut()?
             .retain_in((group, 0, 0)..=(group, u64::MAX, u64::MAX), |_, _| false)?;
-        self.cursors.retain(|key, _| key.0 != group)?;
-        self.groups.remove(group)?;
+        self.cursors.open_mut()?.retain(|key, _| key.0 != group)?;
+        self.groups.open_mut()?.remove(group)?;
         self.delete_changes(group)?;
         self.delete_head(group);
         self.announce(group, head.next_rev, GroupUpdate::GroupDeleted);
@@ -391,8 +408,8 @@ impl<'txn> Batch<'txn> {
                 record.id, record.familiar_id
             )));
         }
-        self.sessions.remove(session)?;
-        self.group_sessions.remove((group, session))?;
+        self.sessions.open_mut()?.remove(session)?;
+        self.group_sessions.open_mut()?.remove((group, session))?;
         self.record(
             group,
             GroupUpdate::SessionSacrificed {
@@ -412,7 +429,9 @@ impl<'txn> Batch<'txn> {
                 format!("{rev} is beyond the group's latest rev {}", head.rev()),
             ));
         }
-        self.cursors.insert((group, consumer.as_str()), rev)?;
+        self.cursors
+            .open_mut()?
+            .insert((group, consumer.as_str()), rev)?;
         Ok(())
     }
 }
