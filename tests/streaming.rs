@@ -65,10 +65,13 @@ enum Step {
     Return,
 }
 
+/// The harness's end of one member's channels: the steps to take, and where to acknowledge them.
+type Steps = (Receiver<Step>, Sender<()>);
+
 /// A host harness driven step by step by the test, one channel pair per familiar.
 #[derive(Default)]
 struct Driven {
-    members: Mutex<HashMap<String, (Receiver<Step>, Sender<()>)>>,
+    members: Mutex<HashMap<String, Steps>>,
 }
 
 /// The test's end of one member's channels.
