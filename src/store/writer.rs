@@ -70,6 +70,9 @@ pub struct ReplyKey {
 pub struct ReplyOutput {
     pub key: ReplyKey,
     pub text: String,
+    /// When the harness handed it over: the streaming window it opens is counted from here, so
+    /// output that queued behind a commit in flight does not wait a whole window more.
+    pub queued_at: Instant,
 }
 
 /// What the writer thread receives.
@@ -196,9 +199,11 @@ impl WriterHandle {
     /// Queues text streamed into a live reply, without waiting for its commit. Dropped when the
     /// writer has exited: the reply is then recovered as interrupted at the next open.
     pub fn output(&self, key: ReplyKey, text: String) {
-        let _ = self
-            .commands
-            .send(Command::Output(ReplyOutput { key, text }));
+        let _ = self.commands.send(Command::Output(ReplyOutput {
+            key,
+            text,
+            queued_at: Instant::now(),
+        }));
     }
 
     /// Commits whatever waits in the streaming window now, and every later streamed output as
@@ -406,9 +411,15 @@ fn serve(
             let (item, streamed) = match command {
                 Command::Write(op) => {
                     let streamed = op.streamed();
+                    if streamed {
+                        window_end.get_or_insert_with(|| Instant::now() + stream_window);
+                    }
                     (Some(Queued::Write(op)), streamed)
                 }
-                Command::Output(output) => (Some(Queued::Output(output)), true),
+                Command::Output(output) => {
+                    window_end.get_or_insert(output.queued_at + stream_window);
+                    (Some(Queued::Output(output)), true)
+                }
                 Command::Flush => {
                     stream_window = Duration::ZERO;
                     (None, false)
@@ -418,9 +429,7 @@ fn serve(
                     break;
                 }
             };
-            if streamed {
-                window_end.get_or_insert_with(|| Instant::now() + stream_window);
-            } else {
+            if !streamed {
                 urgent = true;
             }
             queued.extend(item);
