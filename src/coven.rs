@@ -113,7 +113,12 @@ impl Coven {
         } else {
             SyncPolicy::Within(config.checkpoint_interval())
         };
-        let writer_thread = Writer::start(db.clone(), policy, hub.clone())?;
+        let writer_thread = Writer::start(
+            db.clone(),
+            policy,
+            config.stream_commit_interval(),
+            hub.clone(),
+        )?;
         let writer = writer_thread.handle();
         // The writer holds the other reference, and is joined before the gate closes.
         let reads = ReadGate::new(db);
@@ -283,6 +288,8 @@ impl Coven {
     pub fn close(&self) {
         let closing_started = std::time::Instant::now();
         let already_closed = self.closed.swap(true, Ordering::SeqCst);
+        // The workers wait for how their replies ended to commit: not for the streaming window.
+        self.writer.flush_streams();
         // Running turns end as cancelled and their outcomes commit before the writer stops.
         self.fanout.shutdown();
         self.hub.close();
@@ -606,8 +613,18 @@ fn check_config(config: &Config) -> Result<()> {
             "must be at least 1",
         ));
     }
+    if config.stream_commit_interval_ms > MAX_STREAM_COMMIT_INTERVAL_MS {
+        return Err(Error::invalid(
+            "config.stream_commit_interval_ms",
+            format!("must be at most {MAX_STREAM_COMMIT_INTERVAL_MS}"),
+        ));
+    }
     Ok(())
 }
+
+/// Longest streaming window a store accepts: a reply's end waits for it, so it bounds how long
+/// a turn, a cancel and a close wait for the commit of what was streamed.
+const MAX_STREAM_COMMIT_INTERVAL_MS: u64 = 60_000;
 
 impl Drop for Coven {
     fn drop(&mut self) {

@@ -363,7 +363,7 @@ fn run_member(shared: &Shared, job: MemberJob) {
     // interrupted at the next open; the turn must then not be acknowledged as saved.
     let committed = shared
         .writer
-        .call(move |batch| batch.finish_reply(key, end))
+        .call_streamed(move |batch| batch.finish_reply(key, end))
         .map(|_| ());
     if let Err(err) = committed {
         control.unsaved.lock().get_or_insert(err);

@@ -273,6 +273,17 @@ pub struct Config {
     /// must be at least 1.
     #[uniffi(default = 1000)]
     pub checkpoint_interval_ms: u64,
+    /// The longest what harnesses stream (a reply's first output, its deltas, how it ended) waits
+    /// for a commit: the output of every running member that reaches the writer within this
+    /// window is committed together, in one commit (one fsync when durable) instead of one per
+    /// token. An operation a caller waits on (a message, a membership change, a rename, a
+    /// cursor, ...) is committed at once and takes the waiting output with it. Nothing reaches
+    /// a listener before its commit, so streamed text reaches listeners up to this much later;
+    /// a reply's seq is still claimed in the order its first output reached the store, and
+    /// `close()` commits whatever is waiting. 0 commits output as soon as the writer is free
+    /// (one commit per burst). Default 100 ms; at most 60,000.
+    #[uniffi(default = 100)]
+    pub stream_commit_interval_ms: u64,
     /// Largest number of member runs executing at once across the store.
     #[uniffi(default = 8)]
     pub max_concurrent_runs: u32,
@@ -301,6 +312,7 @@ impl Default for Config {
         Self {
             durable: true,
             checkpoint_interval_ms: 1000,
+            stream_commit_interval_ms: 100,
             max_concurrent_runs: 8,
             silence_timeout_ms: 300_000,
             stop_grace_ms: 5_000,
@@ -321,6 +333,10 @@ impl Config {
 
     pub(crate) fn checkpoint_interval(&self) -> Duration {
         Duration::from_millis(self.checkpoint_interval_ms)
+    }
+
+    pub(crate) fn stream_commit_interval(&self) -> Duration {
+        Duration::from_millis(self.stream_commit_interval_ms)
     }
 }
 

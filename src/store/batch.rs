@@ -1,12 +1,15 @@
-//! One batch of the writer: the open tables of its write transaction, the groups' heads it has
-//! touched (seq and rev are claimed here, and each head is written once at the end), the changes
-//! it will publish once it commits, and the replies still streaming, whose claims a batch that
-//! does not commit takes back.
+//! One batch of the writer: the tables of its write transaction, each opened the first time an
+//! operation uses it (redb stages a root update and reaches the table tree for every table a
+//! transaction opens, so a batch pays only for what it touches), the groups' heads it has touched
+//! (seq and rev are claimed here, and each head is written once at the end), the changes it will
+//! publish once it commits, and the replies still streaming, whose claims a batch that does not
+//! commit takes back.
 
+use std::cell::OnceCell;
 use std::collections::hash_map::{Entry, HashMap};
 use std::time::SystemTime;
 
-use redb::{Table, WriteTransaction};
+use redb::{Key, Table, TableDefinition, Value, WriteTransaction};
 
 use super::codec;
 use super::records;
@@ -22,20 +25,54 @@ struct HeadSlot {
     dirty: bool,
 }
 
-/// The open tables of one write transaction and what the batch has done so far.
+/// One table of a write transaction, opened the first time it is used.
+pub struct LazyTable<'txn, K: Key + 'static, V: Value + 'static> {
+    txn: &'txn WriteTransaction,
+    definition: TableDefinition<'static, K, V>,
+    table: OnceCell<Table<'txn, K, V>>,
+}
+
+impl<'txn, K: Key + 'static, V: Value + 'static> LazyTable<'txn, K, V> {
+    fn new(txn: &'txn WriteTransaction, definition: TableDefinition<'static, K, V>) -> Self {
+        Self {
+            txn,
+            definition,
+            table: OnceCell::new(),
+        }
+    }
+
+    /// The table to read, opened now if this batch has not used it yet.
+    pub fn open(&self) -> Result<&Table<'txn, K, V>> {
+        if let Some(table) = self.table.get() {
+            return Ok(table);
+        }
+        let table = self.txn.open_table(self.definition)?;
+        Ok(self.table.get_or_init(|| table))
+    }
+
+    /// The table to write, opened now if this batch has not used it yet.
+    pub fn open_mut(&mut self) -> Result<&mut Table<'txn, K, V>> {
+        self.open()?;
+        self.table
+            .get_mut()
+            .ok_or_else(|| Error::storage("a table of the batch could not be opened"))
+    }
+}
+
+/// The tables of one write transaction and what the batch has done so far.
 pub struct Batch<'txn> {
     pub now: SystemTime,
-    pub familiars: Table<'txn, &'static str, &'static [u8]>,
-    pub groups: Table<'txn, u128, &'static [u8]>,
-    pub events: Table<'txn, (u128, u64), &'static [u8]>,
-    pub reply_chunks: Table<'txn, (u128, u64, u64), (u64, &'static str)>,
-    pub sessions: Table<'txn, u128, &'static [u8]>,
-    pub group_sessions: Table<'txn, (u128, u128), ()>,
-    pub cursors: Table<'txn, (u128, &'static str), u64>,
-    pub turns: Table<'txn, u128, &'static [u8]>,
-    pub process_runs: Table<'txn, u128, (i32, &'static str)>,
-    heads_table: Table<'txn, u128, &'static [u8]>,
-    changes: Table<'txn, (u128, u64), &'static [u8]>,
+    pub familiars: LazyTable<'txn, &'static str, &'static [u8]>,
+    pub groups: LazyTable<'txn, u128, &'static [u8]>,
+    pub events: LazyTable<'txn, (u128, u64), &'static [u8]>,
+    pub reply_chunks: LazyTable<'txn, (u128, u64, u64), (u64, &'static str)>,
+    pub sessions: LazyTable<'txn, u128, &'static [u8]>,
+    pub group_sessions: LazyTable<'txn, (u128, u128), ()>,
+    pub cursors: LazyTable<'txn, (u128, &'static str), u64>,
+    pub turns: LazyTable<'txn, u128, &'static [u8]>,
+    pub process_runs: LazyTable<'txn, u128, (i32, &'static str)>,
+    heads_table: LazyTable<'txn, u128, &'static [u8]>,
+    changes: LazyTable<'txn, (u128, u64), &'static [u8]>,
     heads: HashMap<u128, HeadSlot>,
     /// Replies that have claimed their seq and are still streaming, across batches.
     pub live: LiveReplies,
@@ -50,20 +87,21 @@ pub struct Batch<'txn> {
 }
 
 impl<'txn> Batch<'txn> {
+    /// A batch on `txn`; no table is opened until an operation uses it.
     pub(super) fn open(txn: &'txn WriteTransaction) -> Result<Self> {
         Ok(Self {
             now: SystemTime::now(),
-            familiars: txn.open_table(FAMILIARS)?,
-            groups: txn.open_table(GROUPS)?,
-            events: txn.open_table(EVENTS)?,
-            reply_chunks: txn.open_table(REPLY_CHUNKS)?,
-            sessions: txn.open_table(SESSIONS)?,
-            group_sessions: txn.open_table(GROUP_SESSIONS)?,
-            cursors: txn.open_table(CURSORS)?,
-            turns: txn.open_table(TURNS)?,
-            process_runs: txn.open_table(PROCESS_RUNS)?,
-            heads_table: txn.open_table(HEADS)?,
-            changes: txn.open_table(CHANGES)?,
+            familiars: LazyTable::new(txn, FAMILIARS),
+            groups: LazyTable::new(txn, GROUPS),
+            events: LazyTable::new(txn, EVENTS),
+            reply_chunks: LazyTable::new(txn, REPLY_CHUNKS),
+            sessions: LazyTable::new(txn, SESSIONS),
+            group_sessions: LazyTable::new(txn, GROUP_SESSIONS),
+            cursors: LazyTable::new(txn, CURSORS),
+            turns: LazyTable::new(txn, TURNS),
+            process_runs: LazyTable::new(txn, PROCESS_RUNS),
+            heads_table: LazyTable::new(txn, HEADS),
+            changes: LazyTable::new(txn, CHANGES),
             heads: HashMap::new(),
             live: LiveReplies::default(),
             pending: Vec::new(),
@@ -81,7 +119,7 @@ impl<'txn> Batch<'txn> {
         match self.heads.entry(group) {
             Entry::Occupied(slot) => Ok(slot.into_mut()),
             Entry::Vacant(vacant) => {
-                let head = load::<u128, Head>(&self.heads_table, group)?;
+                let head = load::<u128, Head>(self.heads_table.open()?, group)?;
                 Ok(vacant.insert(HeadSlot { head, dirty: false }))
             }
         }
@@ -157,6 +195,7 @@ impl<'txn> Batch<'txn> {
         head.next_rev += 1;
         head.active_at = now;
         self.changes
+            .open_mut()?
             .insert((group, rev), codec::encode(record)?.as_slice())?;
         self.published.push(GroupChange {
             group_id: ids::to_string(group),
@@ -178,6 +217,7 @@ impl<'txn> Batch<'txn> {
     /// Removes every stored change of a group.
     pub fn delete_changes(&mut self, group: u128) -> Result<()> {
         self.changes
+            .open_mut()?
             .retain_in((group, 0)..=(group, u64::MAX), |_, _| false)?;
         Ok(())
     }
@@ -209,10 +249,11 @@ impl<'txn> Batch<'txn> {
             match &slot.head {
                 Some(head) => {
                     self.heads_table
+                        .open_mut()?
                         .insert(*group, codec::encode(head)?.as_slice())?;
                 }
                 None => {
-                    self.heads_table.remove(*group)?;
+                    self.heads_table.open_mut()?.remove(*group)?;
                 }
             }
         }

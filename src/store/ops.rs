@@ -73,7 +73,7 @@ pub struct NewGroup {
 
 impl<'txn> Batch<'txn> {
     pub fn familiar(&self, id: &str) -> Result<Familiar> {
-        match self.familiars.get(id)? {
+        match self.familiars.open()?.get(id)? {
             Some(value) => records::decode_familiar(id, value.value()),
             None => Err(Error::not_found("familiar", id)),
         }
@@ -81,7 +81,7 @@ impl<'txn> Batch<'txn> {
 
     pub fn group(&mut self, group: u128) -> Result<GroupConversation> {
         let head = self.head(group)?;
-        let mut record = match self.groups.get(group)? {
+        let mut record = match self.groups.open()?.get(group)? {
             Some(value) => records::decode_group(group, value.value())?,
             None => return Err(Error::not_found("group", ids::to_string(group))),
         };
@@ -90,7 +90,7 @@ impl<'txn> Batch<'txn> {
     }
 
     pub fn session(&self, session: u128) -> Result<Session> {
-        match self.sessions.get(session)? {
+        match self.sessions.open()?.get(session)? {
             Some(value) => records::decode_session(session, value.value()),
             None => Err(Error::not_found("session", ids::to_string(session))),
         }
@@ -99,6 +99,7 @@ impl<'txn> Batch<'txn> {
     pub fn store_session(&mut self, session: &Session) -> Result<()> {
         let key = ids::parse_stored("session id", &session.id)?;
         self.sessions
+            .open_mut()?
             .insert(key, records::encode_session(session)?.as_slice())?;
         Ok(())
     }
@@ -112,6 +113,7 @@ impl<'txn> Batch<'txn> {
     ) -> Result<GroupConversation> {
         record.updated_at = self.now;
         self.groups
+            .open_mut()?
             .insert(group, records::encode_group(&record)?.as_slice())?;
         let update = if created {
             GroupUpdate::GroupCreated {
@@ -148,6 +150,7 @@ impl<'txn> Batch<'txn> {
             // A streaming reply's text lives in chunks until it finishes (O(n) storage).
             if !event.text.is_empty() {
                 self.reply_chunks
+                    .open_mut()?
                     .insert((group, seq, rev), (0, event.text.as_str()))?;
             }
             let header = GroupEvent {
@@ -155,9 +158,11 @@ impl<'txn> Batch<'txn> {
                 ..event.clone()
             };
             self.events
+                .open_mut()?
                 .insert((group, seq), records::encode_event(&header)?.as_slice())?;
         } else {
             self.events
+                .open_mut()?
                 .insert((group, seq), records::encode_event(&event)?.as_slice())?;
         }
         self.record(
@@ -183,7 +188,7 @@ impl<'txn> Batch<'txn> {
                 )));
             }
         }
-        self.familiars.insert(
+        self.familiars.open_mut()?.insert(
             familiar.id.as_str(),
             records::encode_familiar(&familiar)?.as_slice(),
         )?;
@@ -194,7 +199,7 @@ impl<'txn> Batch<'txn> {
         let mut familiars = Vec::with_capacity(members.len());
         for (familiar_id, session) in members {
             familiars.push(self.familiar(familiar_id)?);
-            if self.sessions.get(*session)?.is_some() {
+            if self.sessions.open()?.get(*session)?.is_some() {
                 return Err(Error::conflict(format!(
                     "session {} already exists",
                     ids::to_string(*session)
@@ -217,7 +222,9 @@ impl<'txn> Batch<'txn> {
             updated_at: self.now,
         };
         self.store_session(&record)?;
-        self.group_sessions.insert((group, session), ())?;
+        self.group_sessions
+            .open_mut()?
+            .insert((group, session), ())?;
         Ok(())
     }
 
@@ -301,7 +308,7 @@ impl<'txn> Batch<'txn> {
                 "a group keeps at least one member; delete the group instead",
             ));
         }
-        if let Some(turn) = load::<u128, TurnRecord>(&self.turns, group)? {
+        if let Some(turn) = load::<u128, TurnRecord>(self.turns.open()?, group)? {
             if turn.pending.contains(&familiar_id) {
                 return Err(Error::conflict(format!(
                     "{familiar_id:?} is still replying in turn {}; cancel or wait for it first",
@@ -330,27 +337,34 @@ impl<'txn> Batch<'txn> {
 
     pub fn delete_group(&mut self, group: u128) -> Result<()> {
         let head = self.head(group)?;
-        if let Some(turn) = load::<u128, TurnRecord>(&self.turns, group)? {
+        if let Some(turn) = load::<u128, TurnRecord>(self.turns.open()?, group)? {
             return Err(Error::conflict(format!(
                 "turn {} is still running; cancel it before deleting the group",
                 ids::to_string(turn.turn_id)
             )));
         }
         let mut sessions = Vec::new();
-        for entry in self.group_sessions.range((group, 0)..=(group, u128::MAX))? {
+        for entry in self
+            .group_sessions
+            .open()?
+            .range((group, 0)..=(group, u128::MAX))?
+        {
             sessions.push(entry?.0.value().1);
         }
         for session in sessions {
-            self.sessions.remove(session)?;
+            self.sessions.open_mut()?.remove(session)?;
         }
         self.group_sessions
+            .open_mut()?
             .retain_in((group, 0)..=(group, u128::MAX), |_, _| false)?;
         self.events
+            .open_mut()?
             .retain_in((group, 0)..=(group, u64::MAX), |_, _| false)?;
         self.reply_chunks
+            .open_mut()?
             .retain_in((group, 0, 0)..=(group, u64::MAX, u64::MAX), |_, _| false)?;
-        self.cursors.retain(|key, _| key.0 != group)?;
-        self.groups.remove(group)?;
+        self.cursors.open_mut()?.retain(|key, _| key.0 != group)?;
+        self.groups.open_mut()?.remove(group)?;
         self.delete_changes(group)?;
         self.delete_head(group);
         self.announce(group, head.next_rev, GroupUpdate::GroupDeleted);
@@ -405,8 +419,8 @@ impl<'txn> Batch<'txn> {
                 record.id, record.familiar_id
             )));
         }
-        self.sessions.remove(session)?;
-        self.group_sessions.remove((group, session))?;
+        self.sessions.open_mut()?.remove(session)?;
+        self.group_sessions.open_mut()?.remove((group, session))?;
         self.record(
             group,
             GroupUpdate::SessionSacrificed {
@@ -426,7 +440,9 @@ impl<'txn> Batch<'txn> {
                 format!("{rev} is beyond the group's latest rev {}", head.rev()),
             ));
         }
-        self.cursors.insert((group, consumer.as_str()), rev)?;
+        self.cursors
+            .open_mut()?
+            .insert((group, consumer.as_str()), rev)?;
         Ok(())
     }
 }

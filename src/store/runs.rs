@@ -53,12 +53,13 @@ impl RecordedRun {
 impl Batch<'_> {
     fn record_run(&mut self, run: &ProcessRun) -> Result<()> {
         self.process_runs
+            .open_mut()?
             .insert(run.marker, (run.pgid, run.boot_id.as_str()))?;
         Ok(())
     }
 
     fn forget_run(&mut self, marker: u128) -> Result<()> {
-        self.process_runs.remove(marker)?;
+        self.process_runs.open_mut()?.remove(marker)?;
         Ok(())
     }
 
@@ -71,7 +72,7 @@ impl Batch<'_> {
         stop_leftovers: impl FnOnce(&[ProcessRun]) -> u64,
     ) -> Result<u64> {
         let mut runs = Vec::new();
-        for entry in self.process_runs.iter()? {
+        for entry in self.process_runs.open()?.iter()? {
             let (marker, value) = entry?;
             let (pgid, boot_id) = value.value();
             runs.push(ProcessRun {
@@ -84,7 +85,7 @@ impl Batch<'_> {
             return Ok(0);
         }
         let stopped = stop_leftovers(&runs);
-        self.process_runs.retain(|_, _| false)?;
+        self.process_runs.open_mut()?.retain(|_, _| false)?;
         Ok(stopped)
     }
 }

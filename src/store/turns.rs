@@ -39,11 +39,13 @@ pub struct ReplyEnd {
 
 impl<'txn> Batch<'txn> {
     fn turn_record(&self, group: u128) -> Result<Option<TurnRecord>> {
-        load(&self.turns, group)
+        load(self.turns.open()?, group)
     }
 
     fn store_turn(&mut self, group: u128, turn: &TurnRecord) -> Result<()> {
-        self.turns.insert(group, codec::encode(turn)?.as_slice())?;
+        self.turns
+            .open_mut()?
+            .insert(group, codec::encode(turn)?.as_slice())?;
         Ok(())
     }
 
@@ -171,7 +173,7 @@ impl<'txn> Batch<'txn> {
         };
         turn.pending.retain(|familiar| *familiar != key.familiar);
         if turn.pending.is_empty() {
-            self.turns.remove(key.group)?;
+            self.turns.open_mut()?.remove(key.group)?;
             Ok(true)
         } else {
             self.store_turn(key.group, &turn)?;
@@ -191,6 +193,7 @@ impl<'txn> Batch<'txn> {
     ) -> Result<()> {
         let start = match self
             .reply_chunks
+            .open()?
             .range((group, seq, 0)..=(group, seq, u64::MAX))?
             .next_back()
         {
@@ -203,6 +206,7 @@ impl<'txn> Batch<'txn> {
         };
         let rev = self.peek_rev(group)?;
         self.reply_chunks
+            .open_mut()?
             .insert((group, seq, rev), (start, text.as_str()))?;
         let record = ChangeRecord::ReplyDelta {
             seq,
@@ -227,7 +231,7 @@ impl<'txn> Batch<'txn> {
         seq: u64,
         error: Option<ReplyError>,
     ) -> Result<GroupEvent> {
-        let mut event = match self.events.get((group, seq))? {
+        let mut event = match self.events.open()?.get((group, seq))? {
             Some(value) => records::decode_event(group, seq, value.value())?,
             None => {
                 return Err(Error::storage(format!(
@@ -238,15 +242,18 @@ impl<'txn> Batch<'txn> {
         };
         let range = (group, seq, 0)..=(group, seq, u64::MAX);
         let mut text = String::new();
-        for entry in self.reply_chunks.range(range.clone())? {
+        for entry in self.reply_chunks.open()?.range(range.clone())? {
             text.push_str(entry?.1.value().1);
         }
-        self.reply_chunks.retain_in(range, |_, _| false)?;
+        self.reply_chunks
+            .open_mut()?
+            .retain_in(range, |_, _| false)?;
         event.text = text;
         event.streaming = false;
         event.error = error;
         event.rev = self.peek_rev(group)?;
         self.events
+            .open_mut()?
             .insert((group, seq), records::encode_event(&event)?.as_slice())?;
         self.record(
             group,
@@ -276,7 +283,7 @@ impl<'txn> Batch<'txn> {
             );
         }
         let mut turns = Vec::new();
-        for entry in self.turns.iter()? {
+        for entry in self.turns.open()?.iter()? {
             let (group, value) = entry?;
             turns.push((group.value(), codec::decode::<TurnRecord>(value.value())?));
         }
@@ -285,6 +292,7 @@ impl<'txn> Batch<'txn> {
             let mut streaming: HashMap<String, u64> = HashMap::new();
             for entry in self
                 .events
+                .open()?
                 .range((group, turn.user_seq + 1)..=(group, u64::MAX))?
             {
                 let (key, value) = entry?;
@@ -313,7 +321,7 @@ impl<'txn> Batch<'txn> {
                 }
                 report.interrupted_replies += 1;
             }
-            self.turns.remove(group)?;
+            self.turns.open_mut()?.remove(group)?;
             report.released_turns += 1;
             debug!(
                 group_id = %uuid::Uuid::from_u128(group),
@@ -323,7 +331,7 @@ impl<'txn> Batch<'txn> {
             );
         }
         let mut running = Vec::new();
-        for entry in self.sessions.iter()? {
+        for entry in self.sessions.open()?.iter()? {
             let (key, value) = entry?;
             let session = records::decode_session(key.value(), value.value())?;
             if session.status == SessionStatus::Running {

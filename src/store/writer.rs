@@ -3,6 +3,12 @@
 //! hands the committed changes to the hub. seq and rev are assigned inside that transaction, so a
 //! crash before the commit leaves no trace and one after it leaves no hole.
 //!
+//! What harnesses stream (a reply's first output, its deltas, how it ended) waits up to the
+//! streaming window (`Config::stream_commit_interval_ms`) so the output of every running member
+//! shares one commit; any other operation is committed at once and takes that output with it.
+//! Everything is applied in the order the writer received it, so a reply's seq is claimed in
+//! the order first outputs arrived, whichever commit carries them.
+//!
 //! Callers reach the writer only through a [`WriterHandle`], which answers `Closed` once the
 //! writer thread has exited, so no call can wait on a writer that is gone.
 //!
@@ -25,7 +31,8 @@ use super::contain_panic;
 use crate::error::{Error, Result};
 use crate::model::GroupChange;
 
-/// Most commands folded into one transaction, so one batch cannot delay its callers without bound.
+/// Most commands folded into one transaction, so one batch cannot delay its callers without
+/// bound; also the most streamed output held in the streaming window, which bounds its memory.
 const MAX_BATCH: usize = 4096;
 /// Commands that may wait for the writer before senders block (backpressure on fast producers).
 /// It also bounds how long streamed output waits: a delta queues behind at most this many
@@ -43,6 +50,11 @@ pub trait WriteOp: Send {
     fn apply(self: Box<Self>, batch: &mut Batch<'_>) -> Completion;
     /// The operation never ran (the batch could not start).
     fn reject(self: Box<Self>, err: Error);
+    /// Whether the operation is streamed output that may wait in the streaming window (how a
+    /// reply ended); every other operation starts a commit as soon as the writer receives it.
+    fn streamed(&self) -> bool {
+        false
+    }
 }
 
 /// Identifies one member's reply within one turn.
@@ -58,12 +70,18 @@ pub struct ReplyKey {
 pub struct ReplyOutput {
     pub key: ReplyKey,
     pub text: String,
+    /// When the harness handed it over: the streaming window it opens is counted from here, so
+    /// output that queued behind a commit in flight does not wait a whole window more.
+    pub queued_at: Instant,
 }
 
 /// What the writer thread receives.
 pub enum Command {
     Write(Box<dyn WriteOp>),
     Output(ReplyOutput),
+    /// Commit what is queued now, and from then on commit streamed output without waiting for
+    /// the window: the store is closing, and its workers wait for how their replies ended.
+    Flush,
     /// Finish what is queued before this, then stop.
     Shutdown,
 }
@@ -77,6 +95,8 @@ enum Queued {
 struct Call<T, F> {
     op: F,
     reply: Sender<Result<T>>,
+    /// May wait in the streaming window (see [`WriteOp::streamed`]).
+    streamed: bool,
 }
 
 impl<T, F> WriteOp for Call<T, F>
@@ -85,7 +105,7 @@ where
     F: FnOnce(&mut Batch<'_>) -> Result<T> + Send,
 {
     fn apply(self: Box<Self>, batch: &mut Batch<'_>) -> Completion {
-        let Call { op, reply } = *self;
+        let Call { op, reply, .. } = *self;
         let outcome = match catch_unwind(AssertUnwindSafe(|| op(batch))) {
             Ok(outcome) => outcome,
             Err(_) => Err(Error::storage("internal error: a write operation panicked")),
@@ -110,16 +130,25 @@ where
     fn reject(self: Box<Self>, err: Error) {
         let _ = self.reply.send(Err(err));
     }
+
+    fn streamed(&self) -> bool {
+        self.streamed
+    }
 }
 
 /// Wraps a closure as a queued operation and returns the receiver its result arrives on.
-fn call<T, F>(op: F) -> (Command, Receiver<Result<T>>)
+fn call<T, F>(op: F, streamed: bool) -> (Command, Receiver<Result<T>>)
 where
     T: Send + 'static,
     F: FnOnce(&mut Batch<'_>) -> Result<T> + Send + 'static,
 {
     let (reply, answer) = crossbeam_channel::bounded(1);
-    (Command::Write(Box::new(Call { op, reply })), answer)
+    let call = Call {
+        op,
+        reply,
+        streamed,
+    };
+    (Command::Write(Box::new(call)), answer)
 }
 
 /// The only way to reach the writer; cheap to clone. Every call is answered: with its outcome,
@@ -142,7 +171,21 @@ impl WriterHandle {
         T: Send + 'static,
         F: FnOnce(&mut Batch<'_>) -> Result<T> + Send + 'static,
     {
-        let (command, answer) = call(op);
+        self.wait_for(call(op, false))
+    }
+
+    /// [`WriterHandle::call`] for how a reply ended: the operation waits in the streaming window
+    /// with the streamed output, so the wait also lasts up to the window (plus the batches ahead
+    /// of it), unless another operation starts the commit sooner.
+    pub fn call_streamed<T, F>(&self, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Batch<'_>) -> Result<T> + Send + 'static,
+    {
+        self.wait_for(call(op, true))
+    }
+
+    fn wait_for<T>(&self, (command, answer): (Command, Receiver<Result<T>>)) -> Result<T> {
         // The writer drops its receiver when it exits, so a send never waits on a queue that
         // nobody drains.
         self.commands.send(command).map_err(|_| Error::Closed)?;
@@ -156,9 +199,18 @@ impl WriterHandle {
     /// Queues text streamed into a live reply, without waiting for its commit. Dropped when the
     /// writer has exited: the reply is then recovered as interrupted at the next open.
     pub fn output(&self, key: ReplyKey, text: String) {
-        let _ = self
-            .commands
-            .send(Command::Output(ReplyOutput { key, text }));
+        let _ = self.commands.send(Command::Output(ReplyOutput {
+            key,
+            text,
+            queued_at: Instant::now(),
+        }));
+    }
+
+    /// Commits whatever waits in the streaming window now, and every later streamed output as
+    /// soon as the writer is free: called when the store starts closing, so the workers that
+    /// wait for how their replies ended are not held by the window. Does not wait.
+    pub fn flush_streams(&self) {
+        let _ = self.commands.send(Command::Flush);
     }
 
     /// Queues one operation without waiting for it; its outcome is dropped. Dropped as well
@@ -167,7 +219,7 @@ impl WriterHandle {
     where
         F: FnOnce(&mut Batch<'_>) -> Result<()> + Send + 'static,
     {
-        let (command, _answer) = call(op);
+        let (command, _answer) = call(op, false);
         let _ = self.commands.send(command);
     }
 }
@@ -196,7 +248,14 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(db: Arc<Database>, policy: SyncPolicy, hub: Arc<dyn Publish>) -> Result<Self> {
+    /// Starts the writer thread. `stream_window` is how long streamed output may wait for the
+    /// commit that carries it (zero: commit as soon as the writer is free).
+    pub fn start(
+        db: Arc<Database>,
+        policy: SyncPolicy,
+        stream_window: Duration,
+        hub: Arc<dyn Publish>,
+    ) -> Result<Self> {
         let (commands, receiver) = crossbeam_channel::bounded(QUEUE_CAPACITY);
         let (alive, exited) = crossbeam_channel::bounded::<Infallible>(0);
         let thread = std::thread::Builder::new()
@@ -204,7 +263,7 @@ impl Writer {
             .spawn(move || {
                 // Dropped when this thread ends, even by a panic: that is the exit signal.
                 let _alive = alive;
-                run(&db, policy, hub.as_ref(), receiver);
+                run(&db, policy, stream_window, hub.as_ref(), receiver);
             })
             .map_err(|err| Error::storage(format!("cannot start the writer thread: {err}")))?;
         Ok(Self {
@@ -233,8 +292,14 @@ impl Drop for Writer {
     }
 }
 
-fn run(db: &Database, policy: SyncPolicy, hub: &dyn Publish, receiver: Receiver<Command>) {
-    serve(db, policy, hub, &receiver);
+fn run(
+    db: &Database,
+    policy: SyncPolicy,
+    stream_window: Duration,
+    hub: &dyn Publish,
+    receiver: Receiver<Command>,
+) {
+    serve(db, policy, stream_window, hub, &receiver);
     // Queued behind the shutdown: never applied. Their callers would be woken by the exit
     // anyway; answering them here also frees what they hold.
     for command in receiver.try_iter() {
@@ -296,44 +361,94 @@ impl Unsynced {
     }
 }
 
-fn serve(db: &Database, policy: SyncPolicy, hub: &dyn Publish, receiver: &Receiver<Command>) {
+/// What woke the writer.
+enum Woken {
+    Command(Command),
+    /// The streaming window ended or a durable checkpoint is due.
+    Deadline,
+    /// Every handle is gone.
+    Disconnected,
+}
+
+/// Receives, holds and commits. Streamed output opens a window of `stream_window` when none is
+/// open and waits in `queued` until the window ends; any other operation commits at once, with
+/// everything queued before it. A stop (Shutdown, or every handle gone) commits what is queued
+/// first, so nothing that reached the writer is dropped by a close.
+fn serve(
+    db: &Database,
+    policy: SyncPolicy,
+    mut stream_window: Duration,
+    hub: &dyn Publish,
+    receiver: &Receiver<Command>,
+) {
     let mut queued: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
     let mut live = LiveReplies::default();
     let mut unsynced = Unsynced::new(policy);
+    // When the open streaming window ends; `None` while nothing streamed is waiting.
+    let mut window_end: Option<Instant> = None;
     loop {
-        // Idle with nothing waiting to be made durable: sleep until a command comes.
-        let first = match unsynced.deadline() {
-            None => receiver.recv().ok(),
+        // Idle with nothing waiting to be committed or made durable: sleep until a command.
+        let deadline = match (window_end, unsynced.deadline()) {
+            (Some(window), Some(checkpoint)) => Some(window.min(checkpoint)),
+            (window, checkpoint) => window.or(checkpoint),
+        };
+        let woken = match deadline {
+            None => receiver.recv().map_or(Woken::Disconnected, Woken::Command),
             Some(deadline) => match receiver.recv_deadline(deadline) {
-                Ok(command) => Some(command),
-                Err(RecvTimeoutError::Timeout) => {
-                    unsynced.checkpoint(db);
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) => None,
+                Ok(command) => Woken::Command(command),
+                Err(RecvTimeoutError::Timeout) => Woken::Deadline,
+                Err(RecvTimeoutError::Disconnected) => Woken::Disconnected,
             },
         };
-        let Some(first) = first else { break };
-        let mut stop = false;
-        let mut next = Some(first);
+        let mut stop = matches!(woken, Woken::Disconnected);
+        // An operation a caller waits on without being streamed output: commit now.
+        let mut urgent = false;
+        let mut next = match woken {
+            Woken::Command(command) => Some(command),
+            Woken::Deadline | Woken::Disconnected => None,
+        };
         while let Some(command) = next.take() {
-            match command {
-                Command::Write(op) => queued.push(Queued::Write(op)),
-                Command::Output(output) => queued.push(Queued::Output(output)),
+            let (item, streamed) = match command {
+                Command::Write(op) => {
+                    let streamed = op.streamed();
+                    if streamed {
+                        window_end.get_or_insert_with(|| Instant::now() + stream_window);
+                    }
+                    (Some(Queued::Write(op)), streamed)
+                }
+                Command::Output(output) => {
+                    window_end.get_or_insert(output.queued_at + stream_window);
+                    (Some(Queued::Output(output)), true)
+                }
+                Command::Flush => {
+                    stream_window = Duration::ZERO;
+                    (None, false)
+                }
                 Command::Shutdown => {
                     stop = true;
                     break;
                 }
+            };
+            if !streamed {
+                urgent = true;
             }
+            queued.extend(item);
             if queued.len() < MAX_BATCH {
                 next = receiver.try_recv().ok();
             }
         }
-        if !queued.is_empty() {
-            let started = Instant::now();
-            let durable = unsynced.due(started);
+        let now = Instant::now();
+        let window_over = window_end.is_some_and(|end| now >= end);
+        let checkpoint_due = unsynced.deadline().is_some_and(|due| now >= due);
+        if !queued.is_empty()
+            && (urgent || stop || window_over || checkpoint_due || queued.len() >= MAX_BATCH)
+        {
+            let durable = unsynced.due(now);
             let commit = commit_batch(db, durable, hub, &mut queued, &mut live);
-            unsynced.record(commit, started);
+            unsynced.record(commit, now);
+            window_end = None;
+        } else if checkpoint_due {
+            unsynced.checkpoint(db);
         }
         if stop {
             break;
@@ -535,7 +650,8 @@ mod tests {
             syncs: syncs.clone(),
         };
         let db = Database::builder().create_with_backend(backend).unwrap();
-        let writer = Writer::start(Arc::new(db), policy, Arc::new(Discard)).unwrap();
+        let writer =
+            Writer::start(Arc::new(db), policy, Duration::ZERO, Arc::new(Discard)).unwrap();
         (writer, syncs)
     }
 
