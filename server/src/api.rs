@@ -119,7 +119,11 @@ pub struct ReplyError {
 
 /// What a system event records.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(tag = "kind", rename_all = "camelCase", rename_all_fields = "camelCase")]
+#[serde(
+    tag = "kind",
+    rename_all = "camelCase",
+    rename_all_fields = "camelCase"
+)]
 pub enum Notice {
     Renamed { from: String, to: String },
     MemberAdded { familiar_id: String },

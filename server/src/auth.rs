@@ -215,7 +215,11 @@ impl Tokens {
     /// Every share, oldest first.
     pub fn list(&self) -> Vec<Share> {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.shares.iter().map(|(share, _)| share.clone()).collect()
+        state
+            .shares
+            .iter()
+            .map(|(share, _)| share.clone())
+            .collect()
     }
 
     /// Adds a share and persists it before it is usable; returns it with its token.

@@ -16,7 +16,10 @@ const MAX_LINE: usize = 64 * 1024;
 pub enum Endpoint {
     Unix(PathBuf),
     /// `host:port` and the bearer token.
-    Tcp { addr: String, token: Option<String> },
+    Tcp {
+        addr: String,
+        token: Option<String>,
+    },
 }
 
 /// A blocking client of one server.
@@ -82,7 +85,10 @@ impl Client {
             }
             Endpoint::Tcp { addr, .. } => {
                 let stream = TcpStream::connect(addr).map_err(|err| {
-                    io::Error::new(err.kind(), format!("cannot reach the server at {addr}: {err}"))
+                    io::Error::new(
+                        err.kind(),
+                        format!("cannot reach the server at {addr}: {err}"),
+                    )
                 })?;
                 stream.set_read_timeout(Some(self.read_timeout))?;
                 let _ = stream.set_nodelay(true);
@@ -214,7 +220,10 @@ impl Client {
 
 fn read_line(reader: &mut impl BufRead) -> io::Result<String> {
     let mut line = Vec::new();
-    let read = reader.by_ref().take(MAX_LINE as u64).read_until(b'\n', &mut line)?;
+    let read = reader
+        .by_ref()
+        .take(MAX_LINE as u64)
+        .read_until(b'\n', &mut line)?;
     if read == 0 {
         return Err(io::Error::new(
             io::ErrorKind::UnexpectedEof,

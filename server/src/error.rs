@@ -74,8 +74,10 @@ impl From<cg::Error> for ApiError {
     fn from(err: cg::Error) -> Self {
         let message = err.to_string();
         match err {
-            cg::Error::NotFound { what, id } => Self::new(StatusCode::NOT_FOUND, "not_found", message)
-                .with_details(json!({ "what": what, "id": id })),
+            cg::Error::NotFound { what, id } => {
+                Self::new(StatusCode::NOT_FOUND, "not_found", message)
+                    .with_details(json!({ "what": what, "id": id }))
+            }
             cg::Error::InvalidInput { field, reason } => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
                     .with_details(json!({ "field": field, "reason": reason }))

@@ -20,8 +20,19 @@ use coven_group_server::{Bound, Limits, Listen, Server};
 use serde_json::{json, Value};
 use tracing_subscriber::EnvFilter;
 
+/// `println!` that ignores a closed stdout (`coven-group show … | head`).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stdout(), $($arg)*);
+    }};
+}
+
 #[derive(Parser)]
-#[command(name = "coven-group", version, about = "A group chat with AI familiars: server and client")]
+#[command(
+    name = "coven-group",
+    version,
+    about = "A group chat with AI familiars: server and client"
+)]
 struct Cli {
     /// The server's Unix socket [env: COVEN_GROUP_SOCKET; default: <data dir>/coven-group.sock]
     #[arg(long, global = true)]
@@ -126,7 +137,9 @@ enum ShareAction {
         label: Option<String>,
     },
     List,
-    Revoke { id: String },
+    Revoke {
+        id: String,
+    },
 }
 
 fn data_dir() -> PathBuf {
@@ -220,8 +233,8 @@ fn serve(cli: &Cli) -> Result<ExitCode, String> {
     let coven = Coven::open(&store, config)
         .map_err(|e| format!("cannot open the store {}: {e}", store.display()))?;
     let coven = Arc::new(coven);
-    let (tokens, _owner) = Server::tokens_for(&store)
-        .map_err(|e| format!("cannot read or create the tokens: {e}"))?;
+    let (tokens, _owner) =
+        Server::tokens_for(&store).map_err(|e| format!("cannot read or create the tokens: {e}"))?;
     let demo_group = if *demo {
         Some(demo_setup(&coven).map_err(|e| format!("cannot set up the demo: {e}"))?)
     } else {
@@ -241,7 +254,9 @@ fn serve(cli: &Cli) -> Result<ExitCode, String> {
             .await
             .map_err(|e| format!("cannot listen: {e}"))?;
         match (&listen, bound.local_addr()) {
-            (Listen::Unix(path), _) => eprintln!("serving {} on {}", store.display(), path.display()),
+            (Listen::Unix(path), _) => {
+                eprintln!("serving {} on {}", store.display(), path.display())
+            }
             (_, Some(addr)) => eprintln!(
                 "serving {} on http://{addr} (owner token in {})",
                 store.display(),
@@ -280,7 +295,11 @@ fn create_private_dir(dir: &std::path::Path) -> Result<(), String> {
 
 /// Three scripted familiars and a group of them; returns the group id.
 fn demo_setup(coven: &Coven) -> coven_group::Result<String> {
-    let familiars = [("morgana", "Morgana"), ("merlin", "Merlin"), ("nimue", "Nimue")];
+    let familiars = [
+        ("morgana", "Morgana"),
+        ("merlin", "Merlin"),
+        ("nimue", "Nimue"),
+    ];
     for (id, name) in familiars {
         coven.register_familiar(Familiar::new(id, name, "scripted"))?;
     }
@@ -322,7 +341,9 @@ fn ok_json(reply: Reply) -> Result<Value, String> {
         if reply.body.is_empty() {
             return Ok(Value::Null);
         }
-        return reply.json().map_err(|e| format!("unreadable response: {e}"));
+        return reply
+            .json()
+            .map_err(|e| format!("unreadable response: {e}"));
     }
     Err(error_message(&reply))
 }
@@ -331,7 +352,9 @@ fn error_message(reply: &Reply) -> String {
     match reply.json() {
         Ok(body) => format!(
             "{} ({})",
-            body["error"]["message"].as_str().unwrap_or("request refused"),
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or("request refused"),
             body["error"]["code"].as_str().unwrap_or("error")
         ),
         Err(_) => format!("the server answered {}", reply.status),
@@ -339,7 +362,10 @@ fn error_message(reply: &Reply) -> String {
 }
 
 fn print_json(value: &Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    say!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
 }
 
 fn client_command(cli: &Cli) -> Result<ExitCode, String> {
@@ -358,7 +384,12 @@ fn client_command(cli: &Cli) -> Result<ExitCode, String> {
                 print_json(&familiars);
             } else {
                 for f in familiars.as_array().into_iter().flatten() {
-                    println!("{:<20} {:<20} {}", s(&f["id"]), s(&f["displayName"]), s(&f["harness"]));
+                    say!(
+                        "{:<20} {:<20} {}",
+                        s(&f["id"]),
+                        s(&f["displayName"]),
+                        s(&f["harness"])
+                    );
                 }
             }
         }
@@ -368,11 +399,14 @@ fn client_command(cli: &Cli) -> Result<ExitCode, String> {
                 print_json(&groups);
             } else {
                 for g in groups.as_array().into_iter().flatten() {
-                    println!("{}  {:<30} {}", s(&g["id"]), s(&g["title"]), members(g));
+                    say!("{}  {:<30} {}", s(&g["id"]), s(&g["title"]), members(g));
                 }
             }
         }
-        Command::Create { title, members: ids } => {
+        Command::Create {
+            title,
+            members: ids,
+        } => {
             let group = call(
                 "POST",
                 "/api/groups",
@@ -381,7 +415,12 @@ fn client_command(cli: &Cli) -> Result<ExitCode, String> {
             if cli.json {
                 print_json(&group);
             } else {
-                println!("{}  {}  {}", s(&group["id"]), s(&group["title"]), members(&group));
+                say!(
+                    "{}  {}  {}",
+                    s(&group["id"]),
+                    s(&group["title"]),
+                    members(&group)
+                );
             }
         }
         Command::Show { group, tail } => {
@@ -393,24 +432,33 @@ fn client_command(cli: &Cli) -> Result<ExitCode, String> {
             if cli.json {
                 print_json(&timeline);
             } else {
-                println!(
+                say!(
                     "{} ({})  rev {}",
                     s(&timeline["group"]["title"]),
                     members(&timeline["group"]),
                     timeline["rev"]
                 );
                 if timeline["hasEarlier"].as_bool() == Some(true) {
-                    println!("…");
+                    say!("…");
                 }
                 for event in timeline["events"].as_array().into_iter().flatten() {
-                    println!("{}", render_event(event));
+                    say!("{}", render_event(event));
                 }
             }
         }
-        Command::Send { group, text, author } => {
+        Command::Send {
+            group,
+            text,
+            author,
+        } => {
             let body = json!({ "text": text, "author": author });
             let events = match client
-                .stream("POST", &format!("/api/groups/{group}/send"), Some(&body), &Extra::default())
+                .stream(
+                    "POST",
+                    &format!("/api/groups/{group}/send"),
+                    Some(&body),
+                    &Extra::default(),
+                )
                 .map_err(|e| e.to_string())?
             {
                 Ok(events) => events,
@@ -420,7 +468,11 @@ fn client_command(cli: &Cli) -> Result<ExitCode, String> {
         }
         Command::Tail { group, after_rev } => return tail(&client, group, *after_rev, cli.json),
         Command::Rename { group, title } => {
-            let g = call("PATCH", &format!("/api/groups/{group}"), Some(json!({ "title": title })))?;
+            let g = call(
+                "PATCH",
+                &format!("/api/groups/{group}"),
+                Some(json!({ "title": title })),
+            )?;
             show_group(cli.json, &g);
         }
         Command::Members { change } => {
@@ -438,7 +490,7 @@ fn client_command(cli: &Cli) -> Result<ExitCode, String> {
             if cli.json {
                 print_json(&json!({ "deleted": group }));
             } else {
-                println!("deleted {group}");
+                say!("deleted {group}");
             }
         }
         Command::Share { action } => match action {
@@ -456,8 +508,8 @@ fn client_command(cli: &Cli) -> Result<ExitCode, String> {
                 if cli.json {
                     print_json(&created);
                 } else {
-                    println!("share {} ({access})", s(&created["share"]["id"]));
-                    println!("token (shown once): {}", s(&created["token"]));
+                    say!("share {} ({access})", s(&created["share"]["id"]));
+                    say!("token (shown once): {}", s(&created["token"]));
                 }
             }
             ShareAction::List => {
@@ -472,7 +524,7 @@ fn client_command(cli: &Cli) -> Result<ExitCode, String> {
                             .flatten()
                             .filter_map(Value::as_str)
                             .collect();
-                        println!(
+                        say!(
                             "{}  {:<9} {:<20} {}",
                             s(&share["id"]),
                             s(&share["access"]),
@@ -487,7 +539,7 @@ fn client_command(cli: &Cli) -> Result<ExitCode, String> {
                 if cli.json {
                     print_json(&json!({ "revoked": id }));
                 } else {
-                    println!("revoked {id}");
+                    say!("revoked {id}");
                 }
             }
         },
@@ -513,7 +565,12 @@ fn show_group(json: bool, group: &Value) {
     if json {
         print_json(group);
     } else {
-        println!("{}  {}  {}", s(&group["id"]), s(&group["title"]), members(group));
+        say!(
+            "{}  {}  {}",
+            s(&group["id"]),
+            s(&group["title"]),
+            members(group)
+        );
     }
 }
 
@@ -529,13 +586,21 @@ fn render_event(event: &Value) -> String {
         line.push_str(" …");
     }
     if let Some(error) = event.get("error").filter(|e| !e.is_null()) {
-        line.push_str(&format!("  ✗ {}: {}", s(&error["kind"]), s(&error["message"])));
+        line.push_str(&format!(
+            "  ✗ {}: {}",
+            s(&error["kind"]),
+            s(&error["message"])
+        ));
     }
     line
 }
 
 /// Prints a stream's frames until it ends; records the last id seen.
-fn print_stream(mut events: Events, json: bool, last_id: &mut Option<u64>) -> Result<ExitCode, String> {
+fn print_stream(
+    mut events: Events,
+    json: bool,
+    last_id: &mut Option<u64>,
+) -> Result<ExitCode, String> {
     let mut out = io::stdout().lock();
     loop {
         let frame = match events.next_frame() {
@@ -556,7 +621,11 @@ fn print_stream(mut events: Events, json: bool, last_id: &mut Option<u64>) -> Re
                 "user" | "eventAppended" | "replyStart" => render_event(&data["event"]),
                 "replyDelta" => format!("#{seq:<4} {who:<10} ▸ {}", s(&data["text"])),
                 "replyFinished" => match data["event"].get("error").filter(|e| !e.is_null()) {
-                    Some(error) => format!("#{seq:<4} {who:<10} ✗ {}: {}", s(&error["kind"]), s(&error["message"])),
+                    Some(error) => format!(
+                        "#{seq:<4} {who:<10} ✗ {}: {}",
+                        s(&error["kind"]),
+                        s(&error["message"])
+                    ),
                     None => format!("#{seq:<4} {who:<10} ✓ {}", s(&data["event"]["text"])),
                 },
                 "done" => format!("done (rev {})", data["rev"]),
@@ -582,7 +651,12 @@ fn print_stream(mut events: Events, json: bool, last_id: &mut Option<u64>) -> Re
 }
 
 /// Follows a group, reconnecting with `Last-Event-ID` when the connection drops.
-fn tail(client: &Client, group: &str, after_rev: Option<u64>, json: bool) -> Result<ExitCode, String> {
+fn tail(
+    client: &Client,
+    group: &str,
+    after_rev: Option<u64>,
+    json: bool,
+) -> Result<ExitCode, String> {
     let mut last = match after_rev {
         Some(rev) => Some(rev),
         None => {
@@ -591,10 +665,10 @@ fn tail(client: &Client, group: &str, after_rev: Option<u64>, json: bool) -> Res
                 .map_err(|e| e.to_string())?;
             let timeline = ok_json(reply)?;
             if json {
-                println!("{timeline}");
+                say!("{timeline}");
             } else {
                 for event in timeline["events"].as_array().into_iter().flatten() {
-                    println!("{}", render_event(event));
+                    say!("{}", render_event(event));
                 }
             }
             timeline["rev"].as_u64()

@@ -239,7 +239,11 @@ async fn adopt_group(
 /// The library has no tail read yet, so a tail window reads the whole snapshot and keeps its
 /// end: the response is right, the cost is that of the full read. This one function is where a
 /// store-level tail read takes over.
-pub fn read_timeline(coven: &Coven, group_id: &str, tail: Option<u32>) -> cg::Result<GroupTimeline> {
+pub fn read_timeline(
+    coven: &Coven,
+    group_id: &str,
+    tail: Option<u32>,
+) -> cg::Result<GroupTimeline> {
     let snapshot = coven.get_group(group_id)?;
     let mut events = snapshot.events;
     let mut has_earlier = false;
@@ -296,9 +300,7 @@ async fn patch_group(
     let coven = state.coven.clone();
     let group = match (request.title, request.add_member, request.remove_member) {
         (Some(title), None, None) => blocking(move || coven.rename_group(&id, title)).await?,
-        (None, Some(familiar), None) => {
-            blocking(move || coven.add_member(&id, &familiar)).await?
-        }
+        (None, Some(familiar), None) => blocking(move || coven.add_member(&id, &familiar)).await?,
         (None, None, Some(familiar)) => {
             blocking(move || coven.remove_member(&id, &familiar)).await?
         }
@@ -459,7 +461,9 @@ async fn get_session(
     Extension(principal): Extension<Principal>,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Session>> {
-    Ok(Json(reachable_session(&state, &principal, &id).await?.into()))
+    Ok(Json(
+        reachable_session(&state, &principal, &id).await?.into(),
+    ))
 }
 
 /// A session ritual: archive, summon or sacrifice.
@@ -637,14 +641,29 @@ pub struct ApiDoc;
 struct CommonResponses;
 
 const COMMON_ERRORS: [(&str, &str); 11] = [
-    ("400", "invalid_request: malformed JSON, a bad field, id or parameter"),
+    (
+        "400",
+        "invalid_request: malformed JSON, a bad field, id or parameter",
+    ),
     ("401", "unauthorized: TCP without a valid bearer token"),
-    ("403", "forbidden: a read-only share writing, or a share doing what only the owner may"),
-    ("404", "not_found: an unknown (or out-of-scope) group, session, familiar or share"),
+    (
+        "403",
+        "forbidden: a read-only share writing, or a share doing what only the owner may",
+    ),
+    (
+        "404",
+        "not_found: an unknown (or out-of-scope) group, session, familiar or share",
+    ),
     ("405", "method_not_allowed"),
-    ("409", "conflict: a running turn, a duplicate, a member that cannot be removed"),
+    (
+        "409",
+        "conflict: a running turn, a duplicate, a member that cannot be removed",
+    ),
     ("413", "payload_too_large"),
-    ("415", "unsupported_media_type: a body that is not application/json"),
+    (
+        "415",
+        "unsupported_media_type: a body that is not application/json",
+    ),
     ("422", "harness_error: a harness kind that cannot run"),
     ("431", "headers_too_large"),
     ("503", "unavailable (shutting down) or too_many_streams"),
@@ -737,11 +756,27 @@ fn routes() -> Routes {
     .add(Method::POST, "/api/groups/{id}/send", post(send))
     .add(Method::POST, "/api/groups/{id}/cancel", post(cancel))
     .add(Method::GET, "/api/groups/{id}/events", get(events))
-    .add(Method::GET, "/api/groups/{id}/sessions", get(group_sessions))
+    .add(
+        Method::GET,
+        "/api/groups/{id}/sessions",
+        get(group_sessions),
+    )
     .add(Method::GET, "/api/sessions/{id}", get(get_session))
-    .add(Method::DELETE, "/api/sessions/{id}", delete(sacrifice_session))
-    .add(Method::POST, "/api/sessions/{id}/archive", post(archive_session))
-    .add(Method::POST, "/api/sessions/{id}/summon", post(summon_session))
+    .add(
+        Method::DELETE,
+        "/api/sessions/{id}",
+        delete(sacrifice_session),
+    )
+    .add(
+        Method::POST,
+        "/api/sessions/{id}/archive",
+        post(archive_session),
+    )
+    .add(
+        Method::POST,
+        "/api/sessions/{id}/summon",
+        post(summon_session),
+    )
     .add(Method::GET, "/api/shares", get(list_shares))
     .add(Method::POST, "/api/shares", post(create_share))
     .add(Method::DELETE, "/api/shares/{id}", delete(revoke_share))
@@ -821,7 +856,11 @@ async fn method_not_allowed(request: Request) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         "method_not_allowed",
-        format!("{} is not served at {}", request.method(), request.uri().path()),
+        format!(
+            "{} is not served at {}",
+            request.method(),
+            request.uri().path()
+        ),
     )
 }
 

@@ -362,11 +362,10 @@ async fn drain(
         let reader = coven.clone();
         let group = group_id.to_owned();
         let after = filter.rev;
-        let page = tokio::task::spawn_blocking(move || {
-            reader.changes_since(&group, after, DRAIN_PAGE)
-        })
-        .await
-        .map_err(|_| internal("the store could not be read"))?;
+        let page =
+            tokio::task::spawn_blocking(move || reader.changes_since(&group, after, DRAIN_PAGE))
+                .await
+                .map_err(|_| internal("the store could not be read"))?;
         let page = match page {
             Ok(page) => page,
             // The group was deleted after the turn: nothing more of it can be read.
