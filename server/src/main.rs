@@ -266,7 +266,7 @@ fn serve(cli: &Cli) -> Result<ExitCode, String> {
         }
         if let Some(group) = &demo_group {
             eprintln!("demo group \"Round table\": {group}");
-            eprintln!("try: coven-group send {group} \"Who keeps the grail tonight?\"");
+            eprintln!("try: coven-group send \"Round table\" \"Who keeps the grail tonight?\"");
         }
         Server {
             coven,
@@ -424,6 +424,7 @@ fn client_command(cli: &Cli) -> Result<ExitCode, String> {
             }
         }
         Command::Show { group, tail } => {
+            let group = &resolve_group(&client, group)?;
             let path = match tail {
                 Some(n) => format!("/api/groups/{group}?tail={n}"),
                 None => format!("/api/groups/{group}"),
@@ -451,6 +452,7 @@ fn client_command(cli: &Cli) -> Result<ExitCode, String> {
             text,
             author,
         } => {
+            let group = &resolve_group(&client, group)?;
             let body = json!({ "text": text, "author": author });
             let events = match client
                 .stream(
@@ -466,8 +468,12 @@ fn client_command(cli: &Cli) -> Result<ExitCode, String> {
             };
             return print_stream(events, cli.json, &mut None);
         }
-        Command::Tail { group, after_rev } => return tail(&client, group, *after_rev, cli.json),
+        Command::Tail { group, after_rev } => {
+            let group = resolve_group(&client, group)?;
+            return tail(&client, &group, *after_rev, cli.json);
+        }
         Command::Rename { group, title } => {
+            let group = &resolve_group(&client, group)?;
             let g = call(
                 "PATCH",
                 &format!("/api/groups/{group}"),
@@ -482,10 +488,12 @@ fn client_command(cli: &Cli) -> Result<ExitCode, String> {
                     (group, json!({ "removeMember": familiar }))
                 }
             };
+            let group = resolve_group(&client, group)?;
             let g = call("PATCH", &format!("/api/groups/{group}"), Some(body))?;
             show_group(cli.json, &g);
         }
         Command::Delete { group } => {
+            let group = &resolve_group(&client, group)?;
             call("DELETE", &format!("/api/groups/{group}"), None)?;
             if cli.json {
                 print_json(&json!({ "deleted": group }));
@@ -500,6 +508,10 @@ fn client_command(cli: &Cli) -> Result<ExitCode, String> {
                 label,
             } => {
                 let access = if *write { "readWrite" } else { "read" };
+                let groups = groups
+                    .iter()
+                    .map(|group| resolve_group(&client, group))
+                    .collect::<Result<Vec<String>, String>>()?;
                 let created = call(
                     "POST",
                     "/api/shares",
@@ -545,6 +557,34 @@ fn client_command(cli: &Cli) -> Result<ExitCode, String> {
         },
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A group named by its id, or by its title when exactly one group has it.
+fn resolve_group(client: &Client, group: &str) -> Result<String, String> {
+    let looks_like_id =
+        group.len() == 36 && group.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+    if looks_like_id {
+        return Ok(group.to_owned());
+    }
+    let reply = client
+        .json("GET", "/api/groups", None)
+        .map_err(|e| e.to_string())?;
+    let groups = ok_json(reply)?;
+    let matching: Vec<&str> = groups
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|g| g["title"] == group)
+        .filter_map(|g| g["id"].as_str())
+        .collect();
+    match matching.as_slice() {
+        [id] => Ok((*id).to_owned()),
+        [] => Err(format!("no group has the id or title {group:?}")),
+        _ => Err(format!(
+            "{} groups are titled {group:?}; give the id",
+            matching.len()
+        )),
+    }
 }
 
 fn s(value: &Value) -> &str {
