@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{Options, TestServer};
-use coven_group::{Config, GroupChange, GroupListener};
+use coven_group::{GroupChange, GroupListener};
 use coven_group_server::client::Extra;
 use serde_json::json;
 
@@ -98,7 +98,6 @@ fn main() {
                     &Extra::default(),
                 )
                 .unwrap()
-                .ok()
                 .unwrap();
             let closing = closing.clone();
             clients.push(std::thread::spawn(move || {
@@ -133,7 +132,6 @@ fn main() {
                             &Extra::default(),
                         )
                         .unwrap()
-                        .ok()
                         .unwrap();
                     while stream.next_frame().unwrap().is_some() {}
                     turns += 1;
@@ -186,7 +184,6 @@ fn main() {
                 &Extra::default(),
             )
             .unwrap()
-            .ok()
             .unwrap();
         events.next_frame().unwrap().unwrap();
         idle.push(events);

@@ -53,6 +53,9 @@ impl Reply {
 
 trait Connection: Read + Write + Send {}
 
+/// A response's status and headers, and the connection its body follows on.
+type Head = (u16, Vec<(String, String)>, BufReader<Box<dyn Connection>>);
+
 impl<T: Read + Write + Send> Connection for T {}
 
 /// One request's extra parts.
@@ -104,7 +107,7 @@ impl Client {
         path: &str,
         json: Option<&serde_json::Value>,
         extra: &Extra<'_>,
-    ) -> io::Result<(u16, Vec<(String, String)>, BufReader<Box<dyn Connection>>)> {
+    ) -> io::Result<Head> {
         let mut connection = self.connect()?;
         let host = match &self.endpoint {
             Endpoint::Unix(_) => "localhost".to_owned(),

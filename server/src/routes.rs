@@ -843,6 +843,23 @@ async fn authenticate(
     next.run(request).await
 }
 
+/// One debug event per request: method, path, status and duration (never bodies or tokens);
+/// server errors are warnings.
+async fn log_request(request: Request, next: Next) -> Response {
+    let started = std::time::Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let status = response.status().as_u16();
+    let duration_ms = started.elapsed().as_millis() as u64;
+    if response.status().is_server_error() {
+        tracing::warn!(%method, %path, status, duration_ms, "request failed");
+    } else {
+        tracing::debug!(%method, %path, status, duration_ms, "request");
+    }
+    response
+}
+
 async fn no_route(request: Request) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
@@ -874,5 +891,6 @@ pub fn router(state: AppState, transport: Transport) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(Extension(transport))
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(log_request))
         .with_state(state)
 }

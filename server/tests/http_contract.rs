@@ -649,8 +649,8 @@ fn streams_beyond_the_bound_get_503() {
             .stream("GET", &path, None, &Extra::default())
             .unwrap()
     };
-    let first = open().ok().expect("first stream");
-    let second = open().ok().expect("second stream");
+    let first = open().expect("first stream");
+    let second = open().expect("second stream");
     let third = open().err().expect("a third stream is refused");
     expect(&third, 503, Some("too_many_streams"));
     // A slot frees when a client leaves (the server notices on its next write or heartbeat).

@@ -45,7 +45,6 @@ fn fifty_clients_and_ten_senders_see_identical_complete_sequences() {
                     &Extra::default(),
                 )
                 .unwrap()
-                .ok()
                 .expect("stream opened");
             let closing = closing.clone();
             clients.push((
@@ -86,7 +85,6 @@ fn fifty_clients_and_ten_senders_see_identical_complete_sequences() {
                             &Extra::default(),
                         )
                         .unwrap()
-                        .ok()
                         .expect("send accepted");
                     let mut last = Value::Null;
                     while let Some(frame) = stream.next_frame().unwrap() {

@@ -107,7 +107,6 @@ fn dropped_streams_resume_with_last_event_id_and_reconstruct_the_group() {
                 &Extra::default(),
             )
             .unwrap()
-            .ok()
             .expect("send accepted");
         drop(send);
         // The group's changes are at least: created, the user event, 3 sessions running, and
