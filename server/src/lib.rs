@@ -28,6 +28,7 @@ pub mod error;
 pub mod routes;
 pub mod server;
 pub mod stream;
+pub mod web;
 
 pub use routes::{route_list, Limits, API_VERSION};
 pub use server::{termination, token_paths, Bound, Listen, Server};

@@ -893,4 +893,5 @@ pub fn router(state: AppState, transport: Transport) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(log_request))
         .with_state(state)
+        .merge(crate::web::router())
 }
