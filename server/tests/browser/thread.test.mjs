@@ -2,7 +2,7 @@
 // a failed reply, rename and membership, a refused action, and a dropped stream resumed
 // without reloading. The tests run in order on one page and one growing store.
 
-import { after, before, test } from "node:test";
+import { after, afterEach, before, test } from "node:test";
 import assert from "node:assert/strict";
 import {
   TOKEN,
@@ -38,6 +38,9 @@ after(async () => {
   await proxy?.close();
   closeControl();
 });
+
+// A test that failed while replies were held must not hold up the next one.
+afterEach(() => control("release"));
 
 /// The turn's familiar replies, those with seq after `afterSeq`.
 const repliesAfter = (afterSeq) => (thread) =>
@@ -290,10 +293,12 @@ test("a dropped stream shows reconnecting, then resumes from the last rev withou
     window.sameDocument = true;
   });
   const before = lastSeq(await renderedThread(page));
+  const { rev } = await api("GET", `/api/groups/${groupId}`);
+  const requestsBefore = requestedUrls.length;
 
   proxy.cut();
   await page.locator('#connection[data-state="reconnecting"]').waitFor({ state: "visible" });
-  assert.match(await page.textContent("#connection"), /Reconnecting/);
+  assert.equal(await page.textContent("#connection"), `Reconnecting… (will resume after rev ${rev})`);
 
   // Changes the page cannot see while it is cut off: a rename and a whole turn.
   await api("PATCH", `/api/groups/${groupId}`, { title: "Dawn watch" });
@@ -309,6 +314,13 @@ test("a dropped stream shows reconnecting, then resumes from the last rev withou
   assert.ok(thread.some((e) => e.role === "system" && e.text.endsWith("to \u201cDawn watch\u201d")));
   await page.waitForFunction(() => document.querySelector("#thread-title").textContent === "Dawn watch");
   assert.equal(await page.evaluate(() => window.sameDocument), true, "the page was not reloaded");
+  const reopened = requestedUrls.slice(requestsBefore).filter((url) => url.includes("/events?"));
+  assert.ok(reopened.length > 0, "the stream was reopened");
+  for (const url of reopened) {
+    assert.ok(url.endsWith(`/api/groups/${groupId}/events?afterRev=${rev}`), `resumed after the last rev: ${url}`);
+  }
+  const fetched = requestedUrls.slice(requestsBefore).filter((url) => /\/api\/groups\/[^/]+$/.test(url));
+  assert.deepEqual(fetched, [], "the timeline was not fetched again");
   const seqs = thread.map((e) => e.seq);
   assert.equal(new Set(seqs).size, seqs.length, "no event is shown twice");
   await assertMatchesServer();
