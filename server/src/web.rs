@@ -21,7 +21,7 @@ const APP_JS: &str = include_str!("../web/app.js");
 const STYLE_CSS: &str = include_str!("../web/style.css");
 
 /// The paths of the page's files, each with its content type and body.
-pub const FILES: [(&str, &str, &str); 3] = [
+const FILES: [(&str, &str, &str); 3] = [
     ("/", "text/html; charset=utf-8", INDEX_HTML),
     ("/app.js", "text/javascript; charset=utf-8", APP_JS),
     ("/style.css", "text/css; charset=utf-8", STYLE_CSS),

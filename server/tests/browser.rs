@@ -289,7 +289,11 @@ fn run_script(server: &BrowserServer, script: &Path) -> String {
                     continue;
                 }
             }
-            if answers.write_all(b"ok\n").and_then(|()| answers.flush()).is_err() {
+            if answers
+                .write_all(b"ok\n")
+                .and_then(|()| answers.flush())
+                .is_err()
+            {
                 break;
             }
         }

@@ -16,6 +16,8 @@ const RETRY_MAX_MS = 4000;
 /// The server sends a heartbeat every 15 s on a quiet stream; a stream silent for this long is
 /// taken as dead (a half-open connection) and reopened.
 const STREAM_SILENCE_MS = 45000;
+/// How often the group list is re-read, for groups changed by other clients.
+const GROUP_LIST_REFRESH_MS = 30000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -230,6 +232,15 @@ function rememberGroup(group) {
   if (index >= 0) state.groups[index] = group;
   else state.groups.push(group);
   renderGroups();
+}
+
+/// Moves the group up the list when one of its events is newer than the list knows.
+function touchGroup(groupId, ms) {
+  const group = state.groups.find((g) => g.id === groupId);
+  if (group && ms > group.updatedAt) {
+    group.updatedAt = ms;
+    renderGroups();
+  }
 }
 
 function renderCreateForm() {
@@ -450,6 +461,7 @@ function applyFrame(view, frame) {
     case "eventAppended":
     case "replyFinished":
       upsertEvent(view, frame.event);
+      touchGroup(view.id, frame.event.ts);
       break;
     case "replyDelta":
       if (!appendDelta(view, frame)) return false;
@@ -697,9 +709,12 @@ function wire() {
   });
   $("cancel-turn").addEventListener("click", cancelTurn);
   window.addEventListener("popstate", routeFromHash);
-  window.addEventListener("focus", () => {
-    if (!$("app").hidden) loadGroups().catch(() => {});
-  });
+  // Other clients' activity reaches the list on focus and every little while.
+  const refreshGroups = () => {
+    if (!$("app").hidden && document.visibilityState === "visible") loadGroups().catch(() => {});
+  };
+  window.addEventListener("focus", refreshGroups);
+  setInterval(refreshGroups, GROUP_LIST_REFRESH_MS);
 }
 
 wire();

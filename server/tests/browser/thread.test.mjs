@@ -321,6 +321,8 @@ test("a dropped stream shows reconnecting, then resumes from the last rev withou
   }
   const fetched = requestedUrls.slice(requestsBefore).filter((url) => /\/api\/groups\/[^/]+$/.test(url));
   assert.deepEqual(fetched, [], "the timeline was not fetched again");
+  const listed = await page.$$eval("#groups .group", (nodes) => nodes.map((n) => n.dataset.groupId));
+  assert.equal(listed[0], groupId, "the group is back at the top of the list, most recently active");
   const seqs = thread.map((e) => e.seq);
   assert.equal(new Set(seqs).size, seqs.length, "no event is shown twice");
   await assertMatchesServer();
