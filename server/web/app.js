@@ -492,13 +492,16 @@ function setConnection(view, connection) {
       : "Connecting…";
 }
 
+/// Resolves after `ms`, or at once when `signal` aborts.
 function waitOrAbort(ms, signal) {
   return new Promise((resolve) => {
-    const timer = setTimeout(resolve, ms);
-    signal.addEventListener("abort", () => {
+    const done = () => {
       clearTimeout(timer);
+      signal.removeEventListener("abort", done);
       resolve();
-    });
+    };
+    const timer = setTimeout(done, ms);
+    signal.addEventListener("abort", done);
   });
 }
 
