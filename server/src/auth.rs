@@ -133,6 +133,14 @@ fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 pub fn owner_token(path: &Path) -> std::io::Result<String> {
     match fs::read_to_string(path) {
         Ok(text) => {
+            if let Ok(meta) = fs::metadata(path) {
+                if meta.permissions().mode() & 0o077 != 0 {
+                    tracing::warn!(
+                        path = %path.display(),
+                        "the owner token file is readable by other users; make it mode 0600"
+                    );
+                }
+            }
             let token = text.trim().to_owned();
             if token.is_empty() {
                 return Err(std::io::Error::other(format!(

@@ -9,7 +9,7 @@
 use std::fs;
 use std::io::ErrorKind;
 use std::net::SocketAddr;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -48,12 +48,20 @@ pub enum Bound {
 impl Bound {
     /// Binds `listen`. A Unix socket is bound in a private directory, made mode 0600 and then
     /// renamed into place, so it is never reachable with wider permissions; a socket file left
-    /// by a server that is gone is replaced, one a live server answers on is refused.
+    /// by a server that is gone is replaced, one a live server answers on is refused, and a
+    /// path that is not a socket is never touched.
     pub async fn bind(listen: &Listen) -> std::io::Result<Bound> {
         match listen {
             Listen::Tcp(addr) => Ok(Bound::Tcp(TcpListener::bind(addr).await?)),
             Listen::Unix(path) => {
-                if path.exists() {
+                if let Ok(existing) = fs::symlink_metadata(path) {
+                    // Only a socket is ever replaced: a path naming anything else is refused.
+                    if !existing.file_type().is_socket() {
+                        return Err(std::io::Error::new(
+                            ErrorKind::AlreadyExists,
+                            format!("{} exists and is not a socket", path.display()),
+                        ));
+                    }
                     if std::os::unix::net::UnixStream::connect(path).is_ok() {
                         return Err(std::io::Error::new(
                             ErrorKind::AddrInUse,

@@ -1059,6 +1059,14 @@ fn the_unix_socket_is_private_and_needs_no_token() {
         &coven_group_server::Listen::Unix(socket.clone()),
     ));
     assert!(second.is_err());
+    // A path that is not a socket is never replaced.
+    let file = server.dir.path().join("notes.txt");
+    std::fs::write(&file, "keep").unwrap();
+    let refused = runtime.block_on(coven_group_server::Bound::bind(
+        &coven_group_server::Listen::Unix(file.clone()),
+    ));
+    assert!(refused.is_err());
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "keep");
 }
 
 #[test]
