@@ -31,8 +31,8 @@ use crate::stream::{self, StreamContext};
 
 /// The handshake's API version.
 pub const API_VERSION: &str = "coven.group.v1";
-/// Longest tail window of `GET /api/groups/{id}?tail=N`.
-pub const MAX_TAIL: u32 = 10_000;
+/// Longest tail window of `GET /api/groups/{id}?tail=N`: the library's page limit.
+pub const MAX_TAIL: u32 = cg::MAX_PAGE;
 
 /// Limits a server applies to requests and streams.
 #[derive(Debug, Clone)]
@@ -234,30 +234,27 @@ async fn adopt_group(
     Ok((StatusCode::CREATED, Json(group.into())))
 }
 
-/// The group's timeline, whole or only its last `tail` events.
-///
-/// The library has no tail read yet, so a tail window reads the whole snapshot and keeps its
-/// end: the response is right, the cost is that of the full read. This one function is where a
-/// store-level tail read takes over.
+/// The group's timeline, whole or only its last `tail` events. A tail window reads only those
+/// events (the library's tail read), however long the group's history.
 pub fn read_timeline(
     coven: &Coven,
     group_id: &str,
     tail: Option<u32>,
 ) -> cg::Result<GroupTimeline> {
-    let snapshot = coven.get_group(group_id)?;
-    let mut events = snapshot.events;
-    let mut has_earlier = false;
-    if let Some(tail) = tail {
-        let keep = tail as usize;
-        if events.len() > keep {
-            events.drain(..events.len() - keep);
-            has_earlier = true;
+    let (group, events, rev, has_earlier) = match tail {
+        Some(limit) => {
+            let tail = coven.get_group_tail(group_id, limit)?;
+            (tail.group, tail.events, tail.rev, tail.has_earlier)
         }
-    }
+        None => {
+            let snapshot = coven.get_group(group_id)?;
+            (snapshot.group, snapshot.events, snapshot.rev, false)
+        }
+    };
     Ok(GroupTimeline {
-        group: snapshot.group.into(),
+        group: group.into(),
         events: events.into_iter().map(GroupEvent::from).collect(),
-        rev: snapshot.rev,
+        rev,
         has_earlier,
     })
 }
