@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use redb::{ReadableTable, WriteTransaction};
+use redb::{Key, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::codec;
 use super::records::{self, ChangeRecord};
@@ -32,33 +32,20 @@ pub fn to_current(txn: &WriteTransaction, from: u64) -> Result<()> {
     }
 }
 
-/// Every value of a table keyed by one id, read before any is rewritten.
-fn by_id(
-    txn: &WriteTransaction,
-    definition: redb::TableDefinition<u128, &'static [u8]>,
-) -> Result<Vec<(u128, Vec<u8>)>> {
-    let table = txn.open_table(definition)?;
-    let mut out = Vec::new();
-    for entry in table.iter()? {
-        let (key, value) = entry?;
-        out.push((key.value(), value.value().to_vec()));
-    }
-    Ok(out)
-}
-
 /// (group, seq or rev).
 type GroupKey = (u128, u64);
 
-/// Every value of a table keyed by (group, seq or rev), in key order.
-fn by_group(
+/// Every value of a table with its key, in key order, read before any is rewritten.
+fn all_values<K: Key + 'static, Owned>(
     txn: &WriteTransaction,
-    definition: redb::TableDefinition<(u128, u64), &'static [u8]>,
-) -> Result<Vec<(GroupKey, Vec<u8>)>> {
+    definition: TableDefinition<K, &'static [u8]>,
+    owned_key: impl for<'a> Fn(K::SelfType<'a>) -> Owned,
+) -> Result<Vec<(Owned, Vec<u8>)>> {
     let table = txn.open_table(definition)?;
     let mut out = Vec::new();
     for entry in table.iter()? {
         let (key, value) = entry?;
-        out.push((key.value(), value.value().to_vec()));
+        out.push((owned_key(key.value()), value.value().to_vec()));
     }
     Ok(out)
 }
@@ -95,7 +82,7 @@ fn from_format_1(txn: &WriteTransaction) -> Result<()> {
         }
     }
 
-    let groups = by_id(txn, GROUPS)?;
+    let groups = all_values(txn, GROUPS, |id| id)?;
     {
         let mut table = txn.open_table(GROUPS)?;
         for (group, bytes) in groups {
@@ -105,7 +92,7 @@ fn from_format_1(txn: &WriteTransaction) -> Result<()> {
     }
 
     // Head and the turn lock kept their shape; only the version byte changes.
-    let heads = by_id(txn, HEADS)?;
+    let heads = all_values(txn, HEADS, |id| id)?;
     {
         let mut table = txn.open_table(HEADS)?;
         for (group, bytes) in heads {
@@ -113,7 +100,7 @@ fn from_format_1(txn: &WriteTransaction) -> Result<()> {
             table.insert(group, codec::encode(&head)?.as_slice())?;
         }
     }
-    let turns = by_id(txn, TURNS)?;
+    let turns = all_values(txn, TURNS, |id| id)?;
     {
         let mut table = txn.open_table(TURNS)?;
         for (group, bytes) in turns {
@@ -122,7 +109,7 @@ fn from_format_1(txn: &WriteTransaction) -> Result<()> {
         }
     }
 
-    let sessions = by_id(txn, SESSIONS)?;
+    let sessions = all_values(txn, SESSIONS, |id| id)?;
     {
         let mut table = txn.open_table(SESSIONS)?;
         for (session, bytes) in sessions {
@@ -152,7 +139,7 @@ fn from_format_1(txn: &WriteTransaction) -> Result<()> {
         }
     }
 
-    let events = by_group(txn, EVENTS)?;
+    let events = all_values(txn, EVENTS, |key: GroupKey| key)?;
     {
         let mut table = txn.open_table(EVENTS)?;
         for ((group, seq), bytes) in events {
@@ -164,7 +151,7 @@ fn from_format_1(txn: &WriteTransaction) -> Result<()> {
 
     // In rev order per group, so each reply's deltas get their ranges of its text: the first
     // output's length, then each delta's bytes in turn.
-    let changes = by_group(txn, CHANGES)?;
+    let changes = all_values(txn, CHANGES, |key: GroupKey| key)?;
     let mut streamed: HashMap<(u128, u64), u64> = HashMap::new();
     let mut table = txn.open_table(CHANGES)?;
     for ((group, rev), bytes) in changes {
