@@ -389,13 +389,7 @@ impl Reader {
     pub fn events(&self, group: u128, after_seq: u64, limit: u32) -> Result<Vec<GroupEvent>> {
         let head = self.head(group)?;
         if after_seq > head.seq() {
-            return Err(Error::invalid(
-                "after_seq",
-                format!(
-                    "{after_seq} is beyond the group's latest seq {}",
-                    head.seq()
-                ),
-            ));
+            return Err(beyond_head("after_seq", after_seq, "seq", head.seq()));
         }
         // No more than the group's remaining events exist, which sizes the page exactly.
         let remaining = head.seq() - after_seq;
@@ -508,13 +502,7 @@ impl Reader {
     pub fn head_covering(&self, group: u128, after_rev: u64) -> Result<Head> {
         let head = self.head(group)?;
         if after_rev > head.rev() {
-            return Err(Error::invalid(
-                "after_rev",
-                format!(
-                    "{after_rev} is beyond the group's latest rev {}",
-                    head.rev()
-                ),
-            ));
+            return Err(beyond_head("after_rev", after_rev, "rev", head.rev()));
         }
         Ok(head)
     }
@@ -573,4 +561,12 @@ impl Reader {
         let value = cursors.get((group, consumer))?.map(|guard| guard.value());
         Ok(value)
     }
+}
+
+/// `InvalidInput` for a position a client cannot have seen: beyond the group's latest seq or rev.
+pub(crate) fn beyond_head(field: &'static str, asked: u64, what: &str, latest: u64) -> Error {
+    Error::invalid(
+        field,
+        format!("{asked} is beyond the group's latest {what} {latest}"),
+    )
 }

@@ -435,10 +435,7 @@ impl<'txn> Batch<'txn> {
     pub fn set_cursor(&mut self, group: u128, consumer: String, rev: u64) -> Result<()> {
         let head = self.head(group)?;
         if rev > head.rev() {
-            return Err(Error::invalid(
-                "rev",
-                format!("{rev} is beyond the group's latest rev {}", head.rev()),
-            ));
+            return Err(super::beyond_head("rev", rev, "rev", head.rev()));
         }
         self.cursors
             .open_mut()?
