@@ -32,5 +32,14 @@ group = coven.create_group("Exit", ["ada"], None)
 turn = coven.send(group.id, "Keep talking", "Sam")
 if not streaming.wait(60):
     sys.exit("the harness never streamed")
-coven.wait_for_changes(group.id, 0, 100, datetime.timedelta(seconds=1))
+# Streamed text is committed within Config.stream_commit_interval_ms: wait until some of the reply
+# is in the store, so the exit interrupts a reply whose partial text was acknowledged.
+deadline = time.monotonic() + 60
+while True:
+    snapshot = coven.get_group(group.id)
+    if any(e.kind == cg.EventKind.FAMILIAR and e.text.startswith("word ") for e in snapshot.events):
+        break
+    if time.monotonic() > deadline:
+        sys.exit("the reply's text never reached the store")
+    coven.wait_for_changes(group.id, snapshot.rev, 100, datetime.timedelta(seconds=1))
 print(json.dumps({"group": group.id, "turn": turn.turn_id, "user_seq": turn.user_event.seq}), flush=True)
