@@ -33,16 +33,15 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use coven_group::testing::CountingBackend;
 use coven_group::{
     Config, Coven, EventKind, Familiar, GroupChange, GroupEvent, GroupListener, GroupUpdate,
     Harness, ReplySink, TurnRequest,
 };
 use redb::backends::FileBackend;
-use redb::StorageBackend;
 use serde_json::{json, Value};
 use support::{base_dir, bulk_load, percentile, proc_kib, scratch};
 
@@ -198,34 +197,6 @@ fn round2(value: f64) -> Value {
     json!((value * 100.0).round() / 100.0)
 }
 
-/// A redb file backend that counts fsyncs and bytes written.
-#[derive(Debug)]
-struct CountingFile {
-    inner: FileBackend,
-    syncs: Arc<AtomicU64>,
-    written: Arc<AtomicU64>,
-}
-
-impl StorageBackend for CountingFile {
-    fn len(&self) -> std::io::Result<u64> {
-        self.inner.len()
-    }
-    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
-        self.inner.read(offset, out)
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.inner.set_len(len)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        self.syncs.fetch_add(1, Ordering::SeqCst);
-        self.inner.sync_data()
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        self.written.fetch_add(data.len() as u64, Ordering::SeqCst);
-        self.inner.write(offset, data)
-    }
-}
-
 /// When each member handed each token to its sink, by familiar id.
 type Emits = Mutex<HashMap<String, Vec<Instant>>>;
 
@@ -343,13 +314,7 @@ fn stream_turn(members: usize) -> StreamRun {
         .create_new(true)
         .open(dir.path().join("coven.redb"))
         .expect("create the store file");
-    let syncs = Arc::new(AtomicU64::new(0));
-    let written = Arc::new(AtomicU64::new(0));
-    let backend = CountingFile {
-        inner: FileBackend::new(file).expect("file backend"),
-        syncs: syncs.clone(),
-        written: written.clone(),
-    };
+    let (backend, disk) = CountingBackend::new(FileBackend::new(file).expect("file backend"));
     // Every member runs at once (the default runs at most 8).
     let config = Config {
         max_concurrent_runs: members as u32,
@@ -371,8 +336,7 @@ fn stream_turn(members: usize) -> StreamRun {
     let subscription = coven
         .subscribe(&group, rev, listener.clone())
         .expect("subscribe");
-    let (syncs_before, written_before) =
-        (syncs.load(Ordering::SeqCst), written.load(Ordering::SeqCst));
+    let (syncs_before, written_before) = (disk.syncs(), disk.bytes_written());
     let started = Instant::now();
     let turn = coven.send(&group, "go".into(), None).expect("send");
     assert!(
@@ -380,8 +344,8 @@ fn stream_turn(members: usize) -> StreamRun {
         "the turn ended"
     );
     let elapsed = started.elapsed();
-    let syncs_during = syncs.load(Ordering::SeqCst) - syncs_before;
-    let written_during = written.load(Ordering::SeqCst) - written_before;
+    let syncs_during = disk.syncs() - syncs_before;
+    let written_during = disk.bytes_written() - written_before;
     {
         let deadline = Instant::now() + GUARD;
         let mut state = listener.state.lock().expect("latencies");

@@ -40,6 +40,8 @@ mod hub;
 mod ids;
 mod model;
 mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod validate;
 
 pub use adopt::MERGE_WINDOW as ADOPT_MERGE_WINDOW;

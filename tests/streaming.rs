@@ -8,17 +8,16 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use coven_group::testing::CountingBackend;
 use coven_group::{
     Config, Coven, EventKind, Familiar, GroupChange, GroupEvent, GroupUpdate, Harness,
     ReplyErrorKind, ReplySink, TurnRequest,
 };
 use crossbeam_channel::{Receiver, Sender};
 use redb::backends::InMemoryBackend;
-use redb::StorageBackend;
 
 /// Upper bound for anything a test waits on; half the window, so reaching it is a failure.
 const GUARD: Duration = Duration::from_secs(30);
@@ -28,32 +27,6 @@ fn windowed() -> Config {
     Config {
         stream_commit_interval_ms: WINDOW_MS,
         ..Config::default()
-    }
-}
-
-/// An in-memory backend that counts `sync_data` calls: one per durable commit.
-#[derive(Debug)]
-struct CountingBackend {
-    inner: InMemoryBackend,
-    syncs: Arc<AtomicU64>,
-}
-
-impl StorageBackend for CountingBackend {
-    fn len(&self) -> std::io::Result<u64> {
-        self.inner.len()
-    }
-    fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
-        self.inner.read(offset, out)
-    }
-    fn set_len(&self, len: u64) -> std::io::Result<()> {
-        self.inner.set_len(len)
-    }
-    fn sync_data(&self) -> std::io::Result<()> {
-        self.syncs.fetch_add(1, Ordering::SeqCst);
-        self.inner.sync_data()
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        self.inner.write(offset, data)
     }
 }
 
@@ -184,17 +157,13 @@ fn replies(coven: &Coven, group: &str) -> Vec<GroupEvent> {
 
 #[test]
 fn deltas_streamed_within_one_window_share_one_commit() {
-    let syncs = Arc::new(AtomicU64::new(0));
-    let backend = CountingBackend {
-        inner: InMemoryBackend::new(),
-        syncs: syncs.clone(),
-    };
+    let (backend, disk) = CountingBackend::new(InMemoryBackend::new());
     let coven = Coven::open_with_backend(backend, windowed()).expect("open");
     let (driven, group) = driven_group(&coven, &["ada"]);
     let ada = driven.driver("ada");
     let turn = coven.send(&group, "go".into(), None).expect("send");
     let start_rev = coven.get_group(&group).expect("snapshot").rev;
-    let before = syncs.load(Ordering::SeqCst);
+    let before = disk.syncs();
     const DELTAS: usize = 10;
     for streamed in 1..=DELTAS {
         ada.delta("tok ");
@@ -211,7 +180,7 @@ fn deltas_streamed_within_one_window_share_one_commit() {
             std::thread::yield_now();
         }
     }
-    let streamed = syncs.load(Ordering::SeqCst) - before;
+    let streamed = disk.syncs() - before;
     assert_eq!(
         streamed, 0,
         "nothing streamed within the window is committed before it ends"
@@ -222,7 +191,7 @@ fn deltas_streamed_within_one_window_share_one_commit() {
     );
     // A call a caller waits on commits at once and takes the waiting output with it.
     coven.set_cursor(&group, "reader", 0).expect("set a cursor");
-    let commits = syncs.load(Ordering::SeqCst) - before;
+    let commits = disk.syncs() - before;
     assert_eq!(
         commits, 1,
         "{DELTAS} deltas and the cursor share one commit"

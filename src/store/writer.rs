@@ -600,41 +600,13 @@ fn begin(db: &Database, durable: bool) -> Result<WriteTransaction> {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
-
     use redb::backends::InMemoryBackend;
-    use redb::StorageBackend;
 
     use super::*;
+    use crate::testing::{CountingBackend, DiskCounts};
 
     /// Upper bound for anything a test waits on; reaching it is a failure.
     const GUARD: Duration = Duration::from_secs(30);
-
-    /// An in-memory backend that counts `sync_data` calls: one per durable commit.
-    #[derive(Debug)]
-    struct CountingBackend {
-        inner: InMemoryBackend,
-        syncs: Arc<AtomicU64>,
-    }
-
-    impl StorageBackend for CountingBackend {
-        fn len(&self) -> std::io::Result<u64> {
-            self.inner.len()
-        }
-        fn read(&self, offset: u64, out: &mut [u8]) -> std::io::Result<()> {
-            self.inner.read(offset, out)
-        }
-        fn set_len(&self, len: u64) -> std::io::Result<()> {
-            self.inner.set_len(len)
-        }
-        fn sync_data(&self) -> std::io::Result<()> {
-            self.syncs.fetch_add(1, Ordering::SeqCst);
-            self.inner.sync_data()
-        }
-        fn write(&self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-            self.inner.write(offset, data)
-        }
-    }
 
     /// Publishes nowhere: these tests read the store.
     struct Discard;
@@ -643,16 +615,12 @@ mod tests {
         fn publish(&self, _changes: Vec<GroupChange>) {}
     }
 
-    fn start(policy: SyncPolicy) -> (Writer, Arc<AtomicU64>) {
-        let syncs = Arc::new(AtomicU64::new(0));
-        let backend = CountingBackend {
-            inner: InMemoryBackend::new(),
-            syncs: syncs.clone(),
-        };
+    fn start(policy: SyncPolicy) -> (Writer, Arc<DiskCounts>) {
+        let (backend, disk) = CountingBackend::new(InMemoryBackend::new());
         let db = Database::builder().create_with_backend(backend).unwrap();
         let writer =
             Writer::start(Arc::new(db), policy, Duration::ZERO, Arc::new(Discard)).unwrap();
-        (writer, syncs)
+        (writer, disk)
     }
 
     /// Waits (bounded) until `condition` holds.
@@ -705,14 +673,12 @@ mod tests {
     #[test]
     fn a_non_durable_commit_is_made_durable_by_a_checkpoint_when_no_write_follows() {
         let every = Duration::from_millis(20);
-        let (mut writer, syncs) = start(SyncPolicy::Within(every));
+        let (mut writer, disk) = start(SyncPolicy::Within(every));
         let handle = writer.handle();
-        let before = syncs.load(Ordering::SeqCst);
+        let before = disk.syncs();
         handle.call(|_| Ok(())).unwrap();
         // The commit itself was not synced; the checkpoint that follows it is.
-        wait_until("the checkpoint is synced", || {
-            syncs.load(Ordering::SeqCst) > before
-        });
+        wait_until("the checkpoint is synced", || disk.syncs() > before);
         writer.shutdown();
     }
 
