@@ -432,12 +432,10 @@ fn disk_usage() -> DiskUsage {
     }
 }
 
-/// The latest `TAIL` events of a group whose head seq the caller knows. The one place the
-/// report reads a tail, so it can move to a tail read of the store when one exists.
-fn tail(coven: &Coven, group: &str, head_seq: u64) -> Vec<GroupEvent> {
-    coven
-        .events_since(group, head_seq.saturating_sub(u64::from(TAIL)), TAIL)
-        .expect("tail")
+/// The latest `TAIL` events of a group, read the way a client opens a thread: the store's tail
+/// read, with no head known beforehand.
+fn tail(coven: &Coven, group: &str) -> Vec<GroupEvent> {
+    coven.get_group_tail(group, TAIL).expect("tail").events
 }
 
 /// Drops the file's pages from the OS cache.
@@ -460,7 +458,7 @@ fn first_render(events: u64) -> Duration {
             evict(&path);
             let started = Instant::now();
             let coven = Coven::open(&path, Config::default()).expect("open the store");
-            let shown = tail(&coven, &group, events);
+            let shown = tail(&coven, &group);
             let elapsed = started.elapsed();
             assert_eq!(shown.len() as u64, events.min(u64::from(TAIL)));
             assert_eq!(shown.last().map(|event| event.seq), Some(events));
@@ -494,7 +492,7 @@ fn idle_rss() -> f64 {
 /// resident set in MiB.
 fn idle_rss_child(path: &Path, group: &str) {
     let coven = Coven::open(path, Config::default()).expect("open the store");
-    tail(&coven, group, IDLE_EVENTS);
+    tail(&coven, group);
     std::thread::sleep(Duration::from_secs(1));
     let rss = proc_kib("/proc/self/status", "VmRSS").expect("VmRSS") / 1024.0;
     println!("{rss:.1}");
