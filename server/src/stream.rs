@@ -53,6 +53,22 @@ pub struct StreamContext {
     pub permit: OwnedSemaphorePermit,
 }
 
+impl StreamContext {
+    /// What a stream's task holds while it runs: the heartbeat timer (first tick one heartbeat
+    /// from now), the shutdown signal, and the stream's slot, released when the task ends.
+    fn begin(
+        self,
+    ) -> (
+        tokio::time::Interval,
+        watch::Receiver<bool>,
+        OwnedSemaphorePermit,
+    ) {
+        let quiet =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.heartbeat, self.heartbeat);
+        (quiet, self.shutdown, self.permit)
+    }
+}
+
 /// A `text/event-stream` response whose body is what the task writes into the sender.
 fn response(frames: mpsc::Receiver<Bytes>) -> Response {
     let body = futures_util::stream::unfold(frames, |mut frames| async move {
@@ -157,12 +173,7 @@ pub async fn events(
 }
 
 async fn follow_group(mut feed: Feed, frames: mpsc::Sender<Bytes>, context: StreamContext) {
-    let StreamContext {
-        heartbeat,
-        mut shutdown,
-        permit: _permit,
-    } = context;
-    let mut quiet = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    let (mut quiet, mut shutdown, _permit) = context.begin();
     loop {
         tokio::select! {
             _ = until_stopping(&mut shutdown) => return,
@@ -286,12 +297,7 @@ async fn follow_turn(
     frames: mpsc::Sender<Bytes>,
     context: StreamContext,
 ) {
-    let StreamContext {
-        heartbeat,
-        mut shutdown,
-        permit: _permit,
-    } = context;
-    let mut quiet = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    let (mut quiet, mut shutdown, _permit) = context.begin();
     loop {
         tokio::select! {
             _ = until_stopping(&mut shutdown) => {
