@@ -36,9 +36,11 @@ pub struct Coven {
     writer: WriterHandle,
     /// The writer thread, until closed.
     writer_thread: Mutex<Option<Writer>>,
-    fanout: Fanout,
+    pub(crate) fanout: Fanout,
     /// Every harness by kind name: the built-ins, then whatever the host registers.
-    harnesses: Harnesses,
+    pub(crate) harnesses: Harnesses,
+    /// This store's id (see `Coven::store_id`).
+    pub(crate) store_id: u128,
     hub: Arc<Hub>,
     config: Config,
     recovery: Recovery,
@@ -134,6 +136,7 @@ impl Coven {
                 other => other,
             })?;
         held.confirm()?;
+        let store_id = reads.read(|reader| reader.store_id())?;
         tracing::info!(
             durable = config.durable,
             interrupted_replies = recovery.interrupted_replies,
@@ -154,6 +157,7 @@ impl Coven {
             writer_thread: Mutex::new(Some(writer_thread)),
             fanout,
             harnesses: Harnesses::new(&config),
+            store_id,
             hub,
             config,
             recovery,
@@ -185,7 +189,7 @@ impl Coven {
     }
 
     /// Queues one operation for the writer and waits until its batch has committed.
-    fn write<T, F>(&self, op: F) -> Result<T>
+    pub(crate) fn write<T, F>(&self, op: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&mut Batch<'_>) -> Result<T> + Send + 'static,
@@ -196,7 +200,7 @@ impl Coven {
 
     /// `Closed` once [`Coven::close`] ran: the one check of it (the read gate and the writer
     /// also answer `Closed` to calls that race the close).
-    fn ensure_open(&self) -> Result<()> {
+    pub(crate) fn ensure_open(&self) -> Result<()> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed);
         }
@@ -416,7 +420,10 @@ impl Coven {
     pub fn rename_group(&self, group_id: &str, title: String) -> Result<GroupConversation> {
         let group = ids::parse("group_id", group_id)?;
         validate::title(&title)?;
-        self.write(move |batch| batch.rename_group(group, title))
+        self.write(move |batch| {
+            batch.ensure_homed_here(group)?;
+            batch.rename_group(group, title)
+        })
     }
 
     /// Adds a member with a new child session; a system event records it.
@@ -424,7 +431,10 @@ impl Coven {
         let group = ids::parse("group_id", group_id)?;
         validate::familiar_id("familiar_id", familiar_id)?;
         let familiar_id = familiar_id.to_owned();
-        self.write(move |batch| batch.add_member(group, familiar_id))
+        self.write(move |batch| {
+            batch.ensure_homed_here(group)?;
+            batch.add_member(group, familiar_id)
+        })
     }
 
     /// Removes a member and archives its session; its earlier events stay in the timeline.
@@ -432,13 +442,19 @@ impl Coven {
         let group = ids::parse("group_id", group_id)?;
         validate::familiar_id("familiar_id", familiar_id)?;
         let familiar_id = familiar_id.to_owned();
-        self.write(move |batch| batch.remove_member(group, familiar_id))
+        self.write(move |batch| {
+            batch.ensure_homed_here(group)?;
+            batch.remove_member(group, familiar_id)
+        })
     }
 
     /// Deletes the group, its timeline, its change log, its cursors and its child sessions.
     pub fn delete_group(&self, group_id: &str) -> Result<()> {
         let group = ids::parse("group_id", group_id)?;
-        self.write(move |batch| batch.delete_group(group))
+        self.write(move |batch| {
+            batch.ensure_homed_here(group)?;
+            batch.delete_group(group)
+        })
     }
 
     /// Appends a user message without starting a turn; returns the persisted event.
@@ -451,7 +467,10 @@ impl Coven {
         let group = ids::parse("group_id", group_id)?;
         validate::text("text", &text)?;
         validate::author(author.as_deref())?;
-        self.write(move |batch| batch.append(group, NewEvent::user(text, author, None)))
+        self.write(move |batch| {
+            batch.ensure_homed_here(group)?;
+            batch.append(group, NewEvent::user(text, author, None))
+        })
     }
 
     /// Wraps existing sessions (their ids reused) in a new group whose timeline interleaves
@@ -511,7 +530,10 @@ impl Coven {
         validate::text("text", &text)?;
         validate::author(author.as_deref())?;
         let turn = ids::new_id();
-        let start = self.write(move |batch| batch.start_turn(group, turn, text, author))?;
+        let start = self.write(move |batch| {
+            batch.ensure_homed_here(group)?;
+            batch.start_turn(group, turn, text, author)
+        })?;
         let handle = TurnHandle {
             turn_id: ids::to_string(turn),
             user_event: start.user_event.clone(),
@@ -534,6 +556,9 @@ impl Coven {
     pub fn cancel_turn(&self, group_id: &str) -> Result<String> {
         let group = ids::parse("group_id", group_id)?;
         self.ensure_open()?;
+        if let Some(replica) = self.read(|reader| reader.replica(group))? {
+            return Err(store::sync::homed_elsewhere(group, replica.home));
+        }
         self.fanout.cancel(group).map(ids::to_string)
     }
 

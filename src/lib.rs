@@ -40,6 +40,7 @@ mod hub;
 mod ids;
 mod model;
 mod store;
+pub mod sync;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod validate;
@@ -51,6 +52,12 @@ pub use harness::registry::BUILTIN_HARNESSES;
 pub use harness::{Harness, ReplySink, TurnRequest, MAX_REPLY_BYTES};
 pub use hub::{GroupListener, Subscription, SUBSCRIPTION_QUEUE_LIMIT};
 pub use model::*;
+pub use sync::{
+    sync_message_from_json, sync_message_to_json, ErrorCode, GroupPull, Mutation, MutationOutcome,
+    MutationResult, OutboxEntry, OutboxState, PullApplied, PullRequest, PullResponse, PushRequest,
+    PushResponse, PushedMutation, SyncCursor, SyncMessage, SyncReport, SyncSnapshot, SyncTransport,
+    SYNC_PROTOCOL_VERSION,
+};
 pub use validate::{
     MAX_ADOPTED_MESSAGES, MAX_CONSUMER_LEN, MAX_FAMILIAR_ID_LEN, MAX_MEMBERS, MAX_NAME_CHARS,
     MAX_PAGE, MAX_PREAMBLE_BYTES, MAX_TEXT_BYTES, MAX_TITLE_CHARS,

@@ -174,12 +174,16 @@ pub struct Session {
 }
 
 /// A group with its whole timeline, as of `rev`.
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, uniffi::Record)]
 pub struct GroupSnapshot {
     pub group: GroupConversation,
     pub events: Vec<GroupEvent>,
     /// The group's latest committed rev this snapshot reflects; follow with changes after it.
     pub rev: u64,
+    /// Messages this store sent to the group's home that it has not applied yet (local echoes,
+    /// in the order they were sent); empty for a group homed here. See [`PendingMessage`].
+    #[uniffi(default = [])]
+    pub pending: Vec<PendingMessage>,
 }
 
 /// A group with its latest events, as of `rev`: what a client needs to show a thread at once,
@@ -195,6 +199,38 @@ pub struct GroupTail {
     /// Whether events earlier than the first one returned exist; page back with
     /// `events_before(group, events[0].seq, limit)`.
     pub has_earlier: bool,
+    /// Local echoes of messages waiting for the group's home, as in [`GroupSnapshot::pending`].
+    #[uniffi(default = [])]
+    pub pending: Vec<PendingMessage>,
+}
+
+/// Where a message sent from a replica stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, uniffi::Enum)]
+pub enum SendState {
+    /// Waiting in the outbox, or sent and not yet back from the home.
+    Pending,
+    /// The home refused it (`reason`), or it is stuck behind such a refusal. `retryable` tells
+    /// whether sending it again can succeed (a `Conflict` such as a running turn) or not (the
+    /// group or a member no longer exists, the input is invalid). The outbox stops here until
+    /// the host retries or discards it.
+    Failed { reason: String, retryable: bool },
+}
+
+/// A local echo: a message a replica sent to its group's home, shown in the replica's timeline
+/// before the home has given it a seq. It leaves the timeline in the commit that brings in the
+/// home's event for it (a `MessageSent` change naming the same `txn_id`) or when the host
+/// discards it (`MessageDiscarded`): never shown twice, never missing in between.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, uniffi::Record)]
+pub struct PendingMessage {
+    /// The mutation's client transaction id (a UUIDv7).
+    pub txn_id: String,
+    pub group_id: String,
+    pub text: String,
+    pub author: Option<String>,
+    /// True for `send` (the home starts a turn), false for `append_user_message`.
+    pub starts_turn: bool,
+    pub state: SendState,
+    pub created_at: SystemTime,
 }
 
 /// What one committed change did to a group.
@@ -220,10 +256,27 @@ pub enum GroupUpdate {
     SessionSacrificed { session_id: String },
     /// The group was deleted; nothing follows.
     GroupDeleted,
+    /// A replica's copy of the group was replaced by the home's state (a snapshot): this is the
+    /// group, its whole timeline and its local echoes as of this change's rev. A reader drops
+    /// what it holds of the group and continues with the changes after this rev. A replica's
+    /// log starts with one; reading a replica's log from before its latest one yields the
+    /// group's current state at the latest rev instead (never a gap, never a duplicate).
+    GroupReset {
+        group: GroupConversation,
+        events: Vec<GroupEvent>,
+        pending: Vec<PendingMessage>,
+    },
+    /// A local echo joined the replica's timeline, or its send state changed.
+    MessagePending { message: PendingMessage },
+    /// The home applied a local echo's message: this event (appended at its seq) replaces the
+    /// echo `txn_id`, in one change.
+    MessageSent { txn_id: String, event: GroupEvent },
+    /// The host discarded a local echo's message from the outbox; it was never applied.
+    MessageDiscarded { txn_id: String },
 }
 
 /// One committed change, in rev order.
-#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, uniffi::Record)]
 pub struct GroupChange {
     pub group_id: String,
     pub rev: u64,

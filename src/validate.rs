@@ -226,3 +226,85 @@ pub fn adoption(members: &[AdoptedMember]) -> Result<()> {
     }
     Ok(())
 }
+
+/// The ids a home's pull answer carries, checked before a replica applies any of it: a
+/// malformed answer is refused as `InvalidInput` naming the field, and changes nothing.
+pub fn pull_response(response: &crate::sync::PullResponse) -> Result<()> {
+    use crate::model::{GroupConversation, GroupEvent, GroupUpdate, Session};
+    use crate::sync::GroupPull;
+    fn group(group: &GroupConversation) -> Result<()> {
+        crate::ids::parse("group.id", &group.id)?;
+        for member in &group.members {
+            familiar_id("group.members.familiar_id", &member.familiar_id)?;
+            crate::ids::parse("group.members.session_id", &member.session_id)?;
+        }
+        Ok(())
+    }
+    fn session(session: &Session) -> Result<()> {
+        crate::ids::parse("session.id", &session.id)?;
+        crate::ids::parse("session.group_id", &session.group_id)?;
+        familiar_id("session.familiar_id", &session.familiar_id)
+    }
+    fn event(event: &GroupEvent) -> Result<()> {
+        if let Some(turn) = &event.turn_id {
+            crate::ids::parse("event.turn_id", turn)?;
+        }
+        if event.seq == 0 {
+            return Err(Error::invalid("event.seq", "seqs start at 1"));
+        }
+        Ok(())
+    }
+    for familiar_record in &response.familiars {
+        familiar(familiar_record)?;
+    }
+    for result in &response.results {
+        crate::ids::parse("results.txn_id", &result.txn_id)?;
+    }
+    for pull in &response.groups {
+        match pull {
+            GroupPull::Deleted { group_id } => {
+                crate::ids::parse("group_id", group_id)?;
+            }
+            GroupPull::Snapshot { snapshot } => {
+                group(&snapshot.group)?;
+                snapshot.sessions.iter().try_for_each(session)?;
+                snapshot.events.iter().try_for_each(event)?;
+            }
+            GroupPull::Changes { group_id, changes } => {
+                crate::ids::parse("group_id", group_id)?;
+                for change in changes {
+                    if change.group_id != *group_id {
+                        return Err(Error::invalid(
+                            "changes.group_id",
+                            format!("{} is not {group_id}", change.group_id),
+                        ));
+                    }
+                    match &change.update {
+                        GroupUpdate::GroupCreated { group: state }
+                        | GroupUpdate::GroupChanged { group: state } => group(state)?,
+                        GroupUpdate::EventAppended { event: e }
+                        | GroupUpdate::ReplyFinished { event: e } => event(e)?,
+                        GroupUpdate::SessionChanged { session: s } => session(s)?,
+                        GroupUpdate::SessionSacrificed { session_id } => {
+                            crate::ids::parse("session_id", session_id)?;
+                        }
+                        GroupUpdate::ReplyDelta { .. } | GroupUpdate::GroupDeleted => {}
+                        GroupUpdate::GroupReset { .. }
+                        | GroupUpdate::MessagePending { .. }
+                        | GroupUpdate::MessageSent { .. }
+                        | GroupUpdate::MessageDiscarded { .. } => {
+                            return Err(Error::invalid(
+                                "changes.update",
+                                format!(
+                                    "rev {} is a replica's local change, which a home never sends",
+                                    change.rev
+                                ),
+                            ))
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

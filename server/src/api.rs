@@ -528,6 +528,22 @@ pub fn change_frame(change: cg::GroupChange) -> Frame {
             rev,
             ..Frame::default()
         },
+        // The server's store is the home of its groups; these are a replica's own changes and
+        // reach a client only from a replica store. A reset tells it to read the group again.
+        cg::GroupUpdate::GroupReset { group, .. } => Frame {
+            kind: "groupReset".into(),
+            rev,
+            group: Some(group.into()),
+            ..Frame::default()
+        },
+        cg::GroupUpdate::MessageSent { event, .. } => event_frame("eventAppended", rev, event),
+        cg::GroupUpdate::MessagePending { .. } | cg::GroupUpdate::MessageDiscarded { .. } => {
+            Frame {
+                kind: "localEcho".into(),
+                rev,
+                ..Frame::default()
+            }
+        }
     }
 }
 

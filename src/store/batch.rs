@@ -71,6 +71,12 @@ pub struct Batch<'txn> {
     pub cursors: LazyTable<'txn, (u128, &'static str), u64>,
     pub turns: LazyTable<'txn, u128, &'static [u8]>,
     pub process_runs: LazyTable<'txn, u128, (i32, &'static str)>,
+    pub sync_homes: LazyTable<'txn, u128, &'static [u8]>,
+    pub sync_replicas: LazyTable<'txn, u128, &'static [u8]>,
+    pub sync_tombstones: LazyTable<'txn, u128, u128>,
+    pub outbox: LazyTable<'txn, (u128, u64), &'static [u8]>,
+    pub sync_clients: LazyTable<'txn, u128, u64>,
+    pub sync_results: LazyTable<'txn, (u128, u64), &'static [u8]>,
     heads_table: LazyTable<'txn, u128, &'static [u8]>,
     changes: LazyTable<'txn, (u128, u64), &'static [u8]>,
     heads: HashMap<u128, HeadSlot>,
@@ -100,6 +106,12 @@ impl<'txn> Batch<'txn> {
             cursors: LazyTable::new(txn, CURSORS),
             turns: LazyTable::new(txn, TURNS),
             process_runs: LazyTable::new(txn, PROCESS_RUNS),
+            sync_homes: LazyTable::new(txn, SYNC_HOMES),
+            sync_replicas: LazyTable::new(txn, SYNC_REPLICAS),
+            sync_tombstones: LazyTable::new(txn, SYNC_TOMBSTONES),
+            outbox: LazyTable::new(txn, OUTBOX),
+            sync_clients: LazyTable::new(txn, SYNC_CLIENTS),
+            sync_results: LazyTable::new(txn, SYNC_RESULTS),
             heads_table: LazyTable::new(txn, HEADS),
             changes: LazyTable::new(txn, CHANGES),
             heads: HashMap::new(),
@@ -169,6 +181,12 @@ impl<'txn> Batch<'txn> {
         let seq = head.next_seq;
         head.next_seq += 1;
         Ok(seq)
+    }
+
+    /// Sets the seq the group's next event gets (a replica taking its home's timeline).
+    pub fn set_next_seq(&mut self, group: u128, next_seq: u64) -> Result<()> {
+        self.head_mut(group)?.next_seq = next_seq;
+        Ok(())
     }
 
     /// The rev the next change of this group will get.

@@ -26,6 +26,9 @@ use crate::model;
 pub fn to_current(txn: &WriteTransaction, from: u64) -> Result<()> {
     match from {
         1 => from_format_1(txn),
+        // Schema 3 added the sync tables and change-record variants: every schema-2 value
+        // reads as it is, and `init_schema` creates the tables and the store id.
+        2 => Ok(()),
         other => Err(Error::storage(format!(
             "store schema version {other} is not a released format this release can upgrade"
         ))),

@@ -11,6 +11,7 @@ pub mod ops;
 pub mod records;
 pub mod runs;
 mod staged;
+pub mod sync;
 pub mod tables;
 pub mod turns;
 pub mod writer;
@@ -28,7 +29,8 @@ use redb::{
 use crate::error::{Error, Result};
 use crate::ids;
 use crate::model::{
-    Familiar, GroupChange, GroupConversation, GroupEvent, GroupSnapshot, GroupTail, Session,
+    Familiar, GroupChange, GroupConversation, GroupEvent, GroupSnapshot, GroupTail, GroupUpdate,
+    Session,
 };
 pub use contain::contain_panic;
 use create::{AtPath, Placement, Temporary};
@@ -234,6 +236,16 @@ fn init_schema(db: &Database) -> Result<()> {
         write.open_table(GROUP_SESSIONS)?;
         write.open_table(CURSORS)?;
         write.open_table(TURNS)?;
+        write.open_table(SYNC_HOMES)?;
+        write.open_table(SYNC_REPLICAS)?;
+        write.open_table(SYNC_TOMBSTONES)?;
+        write.open_table(OUTBOX)?;
+        write.open_table(SYNC_CLIENTS)?;
+        write.open_table(SYNC_RESULTS)?;
+        let mut identity = write.open_table(IDENTITY)?;
+        if identity.get(STORE_ID_KEY)?.is_none() {
+            identity.insert(STORE_ID_KEY, crate::ids::new_id())?;
+        }
     }
     write.commit()?;
     Ok(())
@@ -429,6 +441,7 @@ impl Reader {
             group: self.group(group, &head)?,
             events: self.events_after(group, 0, head.seq() as usize)?,
             rev: head.rev(),
+            pending: self.echoes(group)?,
         })
     }
 
@@ -442,6 +455,7 @@ impl Reader {
             has_earlier: events.first().is_some_and(|event| event.seq > 1),
             events,
             rev: head.rev(),
+            pending: self.echoes(group)?,
         })
     }
 
@@ -507,9 +521,13 @@ impl Reader {
         Ok(head)
     }
 
-    /// Up to `limit` changes with rev greater than `after_rev`, in rev order.
+    /// Up to `limit` changes with rev greater than `after_rev`, in rev order. A replica's reset
+    /// (`GroupReset`) stands for the group's whole state, which is not kept as it was: a page
+    /// ends before one, and a page that starts at one is that group's current state as one
+    /// `GroupReset` at the latest rev, so the reader goes on after it with no gap and no
+    /// duplicate.
     pub fn changes(&self, group: u128, after_rev: u64, limit: u32) -> Result<Vec<GroupChange>> {
-        self.head_covering(group, after_rev)?;
+        let head = self.head_covering(group, after_rev)?;
         let changes = self.txn.open_table(CHANGES)?;
         let events = self.txn.open_table(EVENTS)?;
         let chunks = self.txn.open_table(REPLY_CHUNKS)?;
@@ -522,7 +540,14 @@ impl Reader {
         {
             let (key, value) = entry?;
             let rev = key.value().1;
-            let update = text.update(rev, value.value())?;
+            let record: records::ChangeRecord = codec::decode(value.value())?;
+            if let records::ChangeRecord::Reset { .. } = record {
+                if out.is_empty() {
+                    out.push(self.reset(group, &head)?);
+                }
+                break;
+            }
+            let update = text.rebuild(rev, record)?;
             out.push(GroupChange {
                 group_id: group_id.clone(),
                 rev,
@@ -530,6 +555,20 @@ impl Reader {
             });
         }
         Ok(out)
+    }
+
+    /// The group's current state as one `GroupReset` change at its latest rev.
+    fn reset(&self, group: u128, head: &Head) -> Result<GroupChange> {
+        let snapshot = self.snapshot(group)?;
+        Ok(GroupChange {
+            group_id: ids::to_string(group),
+            rev: head.rev(),
+            update: GroupUpdate::GroupReset {
+                group: snapshot.group,
+                events: snapshot.events,
+                pending: snapshot.pending,
+            },
+        })
     }
 
     pub fn session(&self, session: u128) -> Result<Session> {

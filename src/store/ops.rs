@@ -130,6 +130,19 @@ impl<'txn> Batch<'txn> {
 
     /// Appends an event: claims its seq and rev, stores it, records `EventAppended`.
     pub fn append(&mut self, group: u128, new: NewEvent) -> Result<GroupEvent> {
+        let event = self.insert_event(group, new)?;
+        self.record(
+            group,
+            GroupUpdate::EventAppended {
+                event: event.clone(),
+            },
+        )?;
+        Ok(event)
+    }
+
+    /// Claims the event's seq and the rev of the change the caller records for it, and stores
+    /// it.
+    pub fn insert_event(&mut self, group: u128, new: NewEvent) -> Result<GroupEvent> {
         let seq = self.next_seq(group)?;
         let rev = self.peek_rev(group)?;
         let event = GroupEvent {
@@ -146,32 +159,33 @@ impl<'txn> Batch<'txn> {
             notice: new.notice,
             timestamp: new.timestamp.unwrap_or(self.now),
         };
+        self.store_event_as_is(group, &event)?;
+        Ok(event)
+    }
+
+    /// Stores an event under its seq; a streaming reply's text goes into its first chunk, at
+    /// the event's rev (O(n) storage: chunks are joined once, when it finishes).
+    pub fn store_event_as_is(&mut self, group: u128, event: &GroupEvent) -> Result<()> {
         if event.streaming {
-            // A streaming reply's text lives in chunks until it finishes (O(n) storage).
             if !event.text.is_empty() {
                 self.reply_chunks
                     .open_mut()?
-                    .insert((group, seq, rev), (0, event.text.as_str()))?;
+                    .insert((group, event.seq, event.rev), (0, event.text.as_str()))?;
             }
             let header = GroupEvent {
                 text: String::new(),
                 ..event.clone()
             };
-            self.events
-                .open_mut()?
-                .insert((group, seq), records::encode_event(&header)?.as_slice())?;
+            self.events.open_mut()?.insert(
+                (group, event.seq),
+                records::encode_event(&header)?.as_slice(),
+            )?;
         } else {
             self.events
                 .open_mut()?
-                .insert((group, seq), records::encode_event(&event)?.as_slice())?;
+                .insert((group, event.seq), records::encode_event(event)?.as_slice())?;
         }
-        self.record(
-            group,
-            GroupUpdate::EventAppended {
-                event: event.clone(),
-            },
-        )?;
-        Ok(event)
+        Ok(())
     }
 
     pub fn register_familiar(&mut self, familiar: Familiar) -> Result<Familiar> {
@@ -391,6 +405,7 @@ impl<'txn> Batch<'txn> {
             return Ok(record);
         }
         let group = ids::parse_stored("session group id", &record.group_id)?;
+        self.ensure_homed_here(group)?;
         record.archived = archived;
         record.updated_at = self.now;
         self.store_session(&record)?;
@@ -406,6 +421,7 @@ impl<'txn> Batch<'txn> {
     pub fn sacrifice_session(&mut self, session: u128) -> Result<()> {
         let record = self.session(session)?;
         let group = ids::parse_stored("session group id", &record.group_id)?;
+        self.ensure_homed_here(group)?;
         if record.status == SessionStatus::Running {
             return Err(Error::conflict(format!(
                 "session {} is running; cancel its turn before sacrificing it",

@@ -26,8 +26,8 @@ use super::codec;
 use crate::error::{Error, Result};
 use crate::ids;
 use crate::model::{
-    EventKind, Familiar, GroupConversation, GroupEvent, GroupUpdate, Member, ReplyError,
-    ReplyErrorKind, Session, SessionStatus, SystemNotice,
+    EventKind, Familiar, GroupConversation, GroupEvent, GroupUpdate, Member, PendingMessage,
+    ReplyError, ReplyErrorKind, SendState, Session, SessionStatus, SystemNotice,
 };
 
 // ---- familiars ----
@@ -359,6 +359,68 @@ pub enum ChangeRecord {
     SessionSacrificed {
         session: u128,
     },
+    /// `GroupReset` of a replica group: the group's state when it was applied, which is not kept;
+    /// reading the log from before it yields the group's current state (`Reader::changes`).
+    /// `last_seq` is the last event it carried: events up to it were written by the reset.
+    Reset {
+        last_seq: u64,
+    },
+    /// `MessagePending`: the local echo as it was at this change (its text is small and its
+    /// outbox entry may be gone by the time the change is read).
+    MessagePending {
+        message: PendingRecord,
+    },
+    /// `MessageSent`: the event as stored, replacing echo `txn`.
+    MessageSent {
+        seq: u64,
+        txn: u128,
+    },
+    MessageDiscarded {
+        txn: u128,
+    },
+}
+
+/// A local echo inside a `MessagePending` change record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingRecord {
+    pub txn: u128,
+    pub text: String,
+    pub author: Option<String>,
+    pub starts_turn: bool,
+    /// The refusal (reason, retryable) of a failed send.
+    pub failed: Option<(String, bool)>,
+    pub created_at: SystemTime,
+}
+
+impl PendingRecord {
+    pub fn of(message: &PendingMessage) -> Result<Self> {
+        Ok(Self {
+            txn: ids::parse_stored("transaction id", &message.txn_id)?,
+            text: message.text.clone(),
+            author: message.author.clone(),
+            starts_turn: message.starts_turn,
+            failed: match &message.state {
+                SendState::Pending => None,
+                SendState::Failed { reason, retryable } => Some((reason.clone(), *retryable)),
+            },
+            created_at: message.created_at,
+        })
+    }
+
+    pub fn into_message(self, group_id: String) -> PendingMessage {
+        PendingMessage {
+            txn_id: ids::to_string(self.txn),
+            group_id,
+            text: self.text,
+            author: self.author,
+            starts_turn: self.starts_turn,
+            state: match self.failed {
+                None => SendState::Pending,
+                Some((reason, retryable)) => SendState::Failed { reason, retryable },
+            },
+            created_at: self.created_at,
+        }
+    }
 }
 
 impl ChangeRecord {
@@ -367,7 +429,8 @@ impl ChangeRecord {
         match self {
             ChangeRecord::EventAppended { seq, .. }
             | ChangeRecord::ReplyDelta { seq, .. }
-            | ChangeRecord::ReplyFinished { seq } => Some(*seq),
+            | ChangeRecord::ReplyFinished { seq }
+            | ChangeRecord::MessageSent { seq, .. } => Some(*seq),
             _ => None,
         }
     }
@@ -405,6 +468,19 @@ impl ChangeRecord {
                     "internal error: a group's deletion is announced, never stored",
                 ))
             }
+            GroupUpdate::GroupReset { events, .. } => ChangeRecord::Reset {
+                last_seq: events.last().map_or(0, |event| event.seq),
+            },
+            GroupUpdate::MessagePending { message } => ChangeRecord::MessagePending {
+                message: PendingRecord::of(message)?,
+            },
+            GroupUpdate::MessageSent { txn_id, event } => ChangeRecord::MessageSent {
+                seq: event.seq,
+                txn: ids::parse_stored("transaction id", txn_id)?,
+            },
+            GroupUpdate::MessageDiscarded { txn_id } => ChangeRecord::MessageDiscarded {
+                txn: ids::parse_stored("transaction id", txn_id)?,
+            },
         })
     }
 }
@@ -515,7 +591,12 @@ where
 
     /// The change stored at `rev` with these bytes, as it was published.
     pub fn update(&mut self, rev: u64, bytes: &[u8]) -> Result<GroupUpdate> {
-        let record: ChangeRecord = codec::decode(bytes)?;
+        self.rebuild(rev, codec::decode(bytes)?)
+    }
+
+    /// The change stored at `rev` as this record, as it was published. A `Reset` is not rebuilt
+    /// here: it stands for a whole group state, which `Reader::changes` reads.
+    pub fn rebuild(&mut self, rev: u64, record: ChangeRecord) -> Result<GroupUpdate> {
         let group = self.group;
         Ok(match record {
             ChangeRecord::Group {
@@ -579,6 +660,25 @@ where
             },
             ChangeRecord::SessionSacrificed { session } => GroupUpdate::SessionSacrificed {
                 session_id: ids::to_string(session),
+            },
+            ChangeRecord::Reset { .. } => {
+                return Err(Error::storage(
+                    "internal error: a reset is read as the group's state, not rebuilt",
+                ))
+            }
+            ChangeRecord::MessagePending { message } => GroupUpdate::MessagePending {
+                message: message.into_message(self.group_id.clone()),
+            },
+            ChangeRecord::MessageSent { seq, txn } => {
+                let mut event = self.carried(seq, rev)?;
+                event.rev = rev;
+                GroupUpdate::MessageSent {
+                    txn_id: ids::to_string(txn),
+                    event,
+                }
+            }
+            ChangeRecord::MessageDiscarded { txn } => GroupUpdate::MessageDiscarded {
+                txn_id: ids::to_string(txn),
             },
         })
     }

@@ -16,6 +16,13 @@
 //! | cursors        | (group, consumer)        | u64 rev                                      |
 //! | turns          | group                    | `TurnRecord` (the group's turn lock)         |
 //! | process_runs   | run marker               | (process group, boot id) of a live run       |
+//! | identity       | "store_id"               | u128 store id                                |
+//! | sync_homes     | home store               | `HomeRecord` (next outbox order)             |
+//! | sync_replicas  | group                    | `ReplicaRecord` (home, home rev applied)     |
+//! | sync_tombstones| group                    | u128 home (a replica group deleted at home)  |
+//! | outbox         | (home, order)            | `OutboxRecord`                               |
+//! | sync_clients   | replica store            | u64 last order applied (at a home)           |
+//! | sync_results   | (replica, order)         | `ResultRecord` until acknowledged            |
 //!
 //! A streaming reply keeps its text as chunks keyed by rev, so storing n bytes costs O(n) and
 //! finishing it writes the whole text once.
@@ -45,11 +52,29 @@ pub const TURNS: TableDefinition<u128, &[u8]> = TableDefinition::new("turns");
 /// Harness process runs in progress (see `runs`): plain redb values, nothing to decode.
 pub const PROCESS_RUNS: TableDefinition<u128, (i32, &str)> = TableDefinition::new("process_runs");
 
+/// This store's identity: key [`STORE_ID_KEY`], a UUIDv7 made at first open and never changed.
+pub const IDENTITY: TableDefinition<&str, u128> = TableDefinition::new("identity");
+/// Homes this store holds replicas of (`sync::HomeRecord`).
+pub const SYNC_HOMES: TableDefinition<u128, &[u8]> = TableDefinition::new("sync_homes");
+/// Groups held here as replicas: group → `sync::ReplicaRecord` (its home, the home rev applied).
+pub const SYNC_REPLICAS: TableDefinition<u128, &[u8]> = TableDefinition::new("sync_replicas");
+/// Replica groups their home deleted: group → home. A stale snapshot never brings one back.
+pub const SYNC_TOMBSTONES: TableDefinition<u128, u128> = TableDefinition::new("sync_tombstones");
+/// The outbox: (home, order) → `sync::OutboxRecord`.
+pub const OUTBOX: TableDefinition<(u128, u64), &[u8]> = TableDefinition::new("outbox");
+/// At a home, per replica: the order of the last mutation of it applied here.
+pub const SYNC_CLIENTS: TableDefinition<u128, u64> = TableDefinition::new("sync_clients");
+/// At a home: (replica, order) → `sync::ResultRecord`, kept until the replica acknowledges it.
+pub const SYNC_RESULTS: TableDefinition<(u128, u64), &[u8]> = TableDefinition::new("sync_results");
+
+/// Key in `IDENTITY` holding the store id.
+pub const STORE_ID_KEY: &str = "store_id";
+
 /// Key in `meta` holding the schema version.
 pub const SCHEMA_KEY: &str = "schema_version";
 /// Schema this release writes; a file with a larger one is refused, one with a smaller one is
 /// migrated (see `migrate`).
-pub const SCHEMA_VERSION: u64 = 2;
+pub const SCHEMA_VERSION: u64 = 3;
 
 /// Where a group's sequences stand. Invariant: every seq in `1..next_seq` and every rev in
 /// `1..next_rev` has been assigned exactly once, in one committed transaction each.

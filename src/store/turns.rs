@@ -338,6 +338,16 @@ impl<'txn> Batch<'txn> {
                 running.push(session);
             }
         }
+        // A replica group's sessions run at its home, which ends them; they change here only
+        // as the home's changes arrive.
+        let mut homed_here = Vec::with_capacity(running.len());
+        for session in running {
+            let group = ids::parse_stored("session group id", &session.group_id)?;
+            if self.replica(group)?.is_none() {
+                homed_here.push(session);
+            }
+        }
+        let running = homed_here;
         for mut session in running {
             self.set_status(&mut session, SessionStatus::Failed)?;
             report.failed_sessions += 1;

@@ -7,6 +7,7 @@
 
 pub mod runs;
 pub mod surface;
+pub mod sync;
 
 #[allow(unused_imports)]
 pub use runs::*;

@@ -46,11 +46,13 @@ pub fn verify(reader: &Reader) -> Result<IntegrityReport> {
     let heads = check.heads(reader)?;
     let groups = check.groups(reader, &heads)?;
     let turns = check.turns(reader, &groups)?;
-    let sessions = check.sessions(reader, &groups, &turns)?;
+    let replicas = check.replicas(reader, &groups)?;
+    let sessions = check.sessions(reader, &groups, &turns, &replicas)?;
     for (&group, record) in &groups {
         let head = heads[&group];
         check.members(reader, group, record, &sessions, &familiars)?;
-        let events = check.timeline(reader, group, head, turns.get(&group))?;
+        let replica = replicas.contains(&group);
+        let events = check.timeline(reader, group, head, turns.get(&group), replica)?;
         if let Some(turn) = turns.get(&group) {
             check.turn_lock(group, turn, record, &sessions, &events);
         }

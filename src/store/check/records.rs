@@ -141,11 +141,34 @@ impl Check {
         Ok(out)
     }
 
+    /// The replica groups (their turns run at their homes); a replica record of a group that
+    /// does not exist is dangling.
+    pub(super) fn replicas(
+        &mut self,
+        reader: &Reader,
+        groups: &BTreeMap<u128, GroupConversation>,
+    ) -> Result<HashSet<u128>> {
+        let mut out = HashSet::new();
+        for (group, _) in reader.replicas()? {
+            if groups.contains_key(&group) {
+                out.insert(group);
+            } else {
+                self.problem(
+                    Some(group),
+                    Kind::Dangling,
+                    "a replica record names a group that does not exist".to_owned(),
+                );
+            }
+        }
+        Ok(out)
+    }
+
     pub(super) fn sessions(
         &mut self,
         reader: &Reader,
         groups: &BTreeMap<u128, GroupConversation>,
         turns: &HashMap<u128, TurnRecord>,
+        replicas: &HashSet<u128>,
     ) -> Result<HashMap<u128, Session>> {
         let table = reader.txn.open_table(SESSIONS)?;
         let index = reader.txn.open_table(GROUP_SESSIONS)?;
@@ -190,7 +213,8 @@ impl Check {
                         && groups[&group].session_of(&session.familiar_id)
                             == Some(session.id.as_str())
                 });
-                if !awaited {
+                // A replica's sessions run at its home, which ends them.
+                if !awaited && !replicas.contains(&group) {
                     self.problem(
                         Some(group),
                         Kind::RunningWithoutTurn,

@@ -28,6 +28,8 @@ pub(super) struct Logged {
     streamed: Fnv,
     /// The text a `ReplyFinished` carried.
     finished: Option<Fnv>,
+    /// A replica's reset wrote the event (its text then is not in the log).
+    reset: bool,
 }
 
 impl Check {
@@ -38,6 +40,7 @@ impl Check {
         group: u128,
         head: Head,
         turn: Option<&TurnRecord>,
+        replica: bool,
     ) -> Result<BTreeMap<u64, Stored>> {
         let group_id = ids::to_string(group);
         let mut stored = self.events(reader, group, &group_id, head)?;
@@ -77,7 +80,7 @@ impl Check {
                     format!("event {seq} differs from the event its latest change carried"),
                 );
             }
-            if let Some(finished) = log.finished {
+            if let Some(finished) = log.finished.filter(|_| !log.reset) {
                 if finished != log.streamed {
                     self.problem(
                         Some(group),
@@ -86,7 +89,13 @@ impl Check {
                     );
                 }
             }
-            if event.text != log.finished.unwrap_or(log.streamed) {
+            let carried = match (log.finished, log.reset) {
+                (Some(finished), _) => Some(finished),
+                (None, false) => Some(log.streamed),
+                // Written by a reset and not finished since: the log does not hold its text.
+                (None, true) => None,
+            };
+            if carried.is_some_and(|carried| event.text != carried) {
                 self.problem(
                     Some(group),
                     Kind::RevIndex,
@@ -102,7 +111,8 @@ impl Check {
                             .as_ref()
                             .is_some_and(|f| turn.pending.contains(f))
                 });
-                if event.kind != EventKind::Familiar || !awaited {
+                // A replica's replies stream at its home, which ends them.
+                if event.kind != EventKind::Familiar || !(awaited || replica) {
                     self.problem(
                         Some(group),
                         Kind::StreamingWithoutTurn,
@@ -296,6 +306,25 @@ impl Check {
                 );
                 continue;
             }
+            if let Ok(stored::ChangeRecord::Reset { last_seq }) =
+                codec::decode::<stored::ChangeRecord>(value.value())
+            {
+                // A replica's reset wrote every event up to `last_seq`: the log starts over.
+                logged.clear();
+                for seq in 1..=last_seq {
+                    logged.insert(
+                        seq,
+                        Logged {
+                            appended: 1,
+                            latest_rev: rev,
+                            reset: true,
+                            ..Logged::default()
+                        },
+                    );
+                }
+                next_appended = last_seq.saturating_add(1);
+                continue;
+            }
             let Some(update) = self.decoded(
                 Some(group),
                 || format!("change {rev}"),
@@ -319,9 +348,9 @@ impl Check {
                 );
             }
             let (seq, event) = match &update {
-                GroupUpdate::EventAppended { event } | GroupUpdate::ReplyFinished { event } => {
-                    (event.seq, Some(event))
-                }
+                GroupUpdate::EventAppended { event }
+                | GroupUpdate::ReplyFinished { event }
+                | GroupUpdate::MessageSent { event, .. } => (event.seq, Some(event)),
                 GroupUpdate::ReplyDelta { seq, .. } => (*seq, None),
                 GroupUpdate::GroupDeleted => {
                     self.problem(
@@ -355,7 +384,8 @@ impl Check {
             let log = logged.entry(seq).or_default();
             log.latest_rev = rev;
             match update {
-                GroupUpdate::EventAppended { mut event } => {
+                GroupUpdate::EventAppended { mut event }
+                | GroupUpdate::MessageSent { mut event, .. } => {
                     if seq != next_appended {
                         self.problem(
                             Some(group),
