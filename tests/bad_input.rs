@@ -17,10 +17,11 @@ use std::time::Duration;
 
 use common::*;
 use coven_group::{
-    Config, Coven, Error, Familiar, GroupChange, GroupConversation, GroupListener, Harness,
-    HistoryMessage, HistoryRole, ReplySink, TurnRequest, BUILTIN_HARNESSES, MAX_CONSUMER_LEN,
-    MAX_FAMILIAR_ID_LEN, MAX_MEMBERS, MAX_NAME_CHARS, MAX_PAGE, MAX_PREAMBLE_BYTES, MAX_TEXT_BYTES,
-    MAX_TITLE_CHARS,
+    Config, Coven, Error, Familiar, GroupChange, GroupConversation, GroupListener, GroupPull,
+    Harness, HistoryMessage, HistoryRole, Mutation, PullRequest, PullResponse, PushRequest,
+    PushResponse, PushedMutation, ReplySink, SyncCursor, SyncTransport, TurnRequest,
+    BUILTIN_HARNESSES, MAX_CONSUMER_LEN, MAX_FAMILIAR_ID_LEN, MAX_MEMBERS, MAX_NAME_CHARS,
+    MAX_PAGE, MAX_PREAMBLE_BYTES, MAX_TEXT_BYTES, MAX_TITLE_CHARS, SYNC_PROTOCOL_VERSION,
 };
 use crossbeam_channel::Sender;
 
@@ -77,6 +78,19 @@ impl Harness for Waiting {
             std::thread::sleep(Duration::from_millis(2));
         }
         Ok(true)
+    }
+}
+
+/// A transport that a refused sync must never reach.
+struct Unreachable;
+
+impl SyncTransport for Unreachable {
+    fn pull(&self, request: PullRequest) -> coven_group::Result<PullResponse> {
+        panic!("a refused sync pulled {request:?}");
+    }
+
+    fn push(&self, request: PushRequest) -> coven_group::Result<PushResponse> {
+        panic!("a refused sync pushed {request:?}");
     }
 }
 
@@ -950,6 +964,324 @@ mod cases {
     fn too_many_members() -> Vec<String> {
         (0..=MAX_MEMBERS).map(|i| format!("f{i}")).collect()
     }
+
+    pub fn home_of(ctx: &Ctx) -> Vec<Case> {
+        vec![
+            case("malformed group id", invalid("group_id"), |c, _| {
+                c.home_of("g")
+            }),
+            case(
+                "unknown group",
+                not_found("group", &ctx.unknown_group),
+                |c, x| c.home_of(&x.unknown_group),
+            ),
+        ]
+    }
+
+    pub fn enqueue(ctx: &Ctx) -> Vec<Case> {
+        vec![
+            case(
+                "a group creation (it names its home)",
+                invalid("mutation"),
+                |c, x| {
+                    c.enqueue(Mutation::CreateGroup {
+                        group_id: x.unknown_group.clone(),
+                        title: None,
+                        member_ids: ids(&["ada"]),
+                    })
+                },
+            ),
+            case("malformed group id", invalid("group_id"), |c, _| {
+                c.enqueue(Mutation::DeleteGroup {
+                    group_id: "nope".into(),
+                })
+            }),
+            case("empty text", invalid("text"), |c, x| {
+                c.enqueue(Mutation::Send {
+                    group_id: x.pair.clone(),
+                    text: String::new(),
+                    author: None,
+                })
+            }),
+            case("title over the limit", invalid("title"), |c, x| {
+                c.enqueue(Mutation::RenameGroup {
+                    group_id: x.pair.clone(),
+                    title: long(MAX_TITLE_CHARS + 1),
+                })
+            }),
+            case("a group homed in this store", Expect::Conflict, |c, x| {
+                c.enqueue(Mutation::AppendUserMessage {
+                    group_id: x.pair.clone(),
+                    text: "hi".into(),
+                    author: None,
+                })
+            }),
+            case(
+                "unknown group",
+                not_found("group", &ctx.unknown_group),
+                |c, x| {
+                    c.enqueue(Mutation::CancelTurn {
+                        group_id: x.unknown_group.clone(),
+                    })
+                },
+            ),
+        ]
+    }
+
+    pub fn create_group_at(_ctx: &Ctx) -> Vec<Case> {
+        vec![
+            case("malformed home", invalid("home_store_id"), |c, _| {
+                c.create_group_at("home", None, ids(&["ada"]))
+            }),
+            case(
+                "this store as the home",
+                invalid("home_store_id"),
+                |c, _| c.create_group_at(&c.store_id(), None, ids(&["ada"])),
+            ),
+            case("no members", invalid("member_ids"), |c, x| {
+                c.create_group_at(&x.unknown_group, None, vec![])
+            }),
+            case(
+                "unknown familiar",
+                not_found("familiar", "nobody"),
+                |c, x| c.create_group_at(&x.unknown_group, None, ids(&["nobody"])),
+            ),
+            case("title over the limit", invalid("title"), |c, x| {
+                c.create_group_at(
+                    &x.unknown_group,
+                    Some(long(MAX_TITLE_CHARS + 1)),
+                    ids(&["ada"]),
+                )
+            }),
+            case(
+                "a familiar listed twice",
+                invalid_saying("member_ids", "twice"),
+                |c, x| c.create_group_at(&x.unknown_group, None, ids(&["ada", "ada"])),
+            ),
+        ]
+    }
+
+    pub fn retry_outbox(ctx: &Ctx) -> Vec<Case> {
+        vec![
+            case("malformed id", invalid("txn_id"), |c, _| {
+                c.retry_outbox("t")
+            }),
+            case(
+                "unknown entry",
+                not_found("outbox entry", &ctx.unknown_turn),
+                |c, x| c.retry_outbox(&x.unknown_turn),
+            ),
+        ]
+    }
+
+    pub fn discard_outbox(ctx: &Ctx) -> Vec<Case> {
+        vec![
+            case("malformed id", invalid("txn_id"), |c, _| {
+                c.discard_outbox("")
+            }),
+            case(
+                "unknown entry",
+                not_found("outbox entry", &ctx.unknown_turn),
+                |c, x| c.discard_outbox(&x.unknown_turn),
+            ),
+        ]
+    }
+
+    pub fn pull_request(_ctx: &Ctx) -> Vec<Case> {
+        vec![case("malformed home", invalid("home_store_id"), |c, _| {
+            c.pull_request(Some("home".into()))
+        })]
+    }
+
+    pub fn push_request(_ctx: &Ctx) -> Vec<Case> {
+        vec![case("malformed home", invalid("home_store_id"), |c, _| {
+            c.push_request("home")
+        })]
+    }
+
+    /// A pull answer from another store (`home`) with nothing in it.
+    fn answer(home: &str) -> PullResponse {
+        PullResponse {
+            version: SYNC_PROTOCOL_VERSION,
+            home_store_id: home.to_owned(),
+            groups: vec![],
+            familiars: vec![],
+            results: vec![],
+            more: false,
+        }
+    }
+
+    pub fn apply_pull(ctx: &Ctx) -> Vec<Case> {
+        let home = ctx.unknown_session.clone();
+        vec![
+            case("another protocol version", invalid("version"), {
+                let home = home.clone();
+                move |c, _| {
+                    c.apply_pull(PullResponse {
+                        version: 2,
+                        ..answer(&home)
+                    })
+                }
+            }),
+            case("from this store", invalid("home_store_id"), |c, _| {
+                c.apply_pull(answer(&c.store_id()))
+            }),
+            case("malformed group id", invalid("group_id"), {
+                let home = home.clone();
+                move |c, _| {
+                    c.apply_pull(PullResponse {
+                        groups: vec![GroupPull::Deleted {
+                            group_id: "g".into(),
+                        }],
+                        ..answer(&home)
+                    })
+                }
+            }),
+            case("a malformed familiar", invalid("familiar.id"), {
+                let home = home.clone();
+                move |c, _| {
+                    c.apply_pull(PullResponse {
+                        familiars: vec![Familiar::new("a b", "A", "scripted")],
+                        ..answer(&home)
+                    })
+                }
+            }),
+            case(
+                "a group homed in this store",
+                Expect::Conflict,
+                move |c, x| {
+                    c.apply_pull(PullResponse {
+                        groups: vec![GroupPull::Deleted {
+                            group_id: x.pair.clone(),
+                        }],
+                        ..answer(&home)
+                    })
+                },
+            ),
+        ]
+    }
+
+    pub fn apply_push(ctx: &Ctx) -> Vec<Case> {
+        let home = ctx.unknown_session.clone();
+        vec![
+            case("another protocol version", invalid("version"), {
+                let home = home.clone();
+                move |c, _| {
+                    c.apply_push(PushResponse {
+                        version: 0,
+                        home_store_id: home.clone(),
+                        results: vec![],
+                    })
+                }
+            }),
+            case("from this store", invalid("home_store_id"), |c, _| {
+                c.apply_push(PushResponse {
+                    version: SYNC_PROTOCOL_VERSION,
+                    home_store_id: c.store_id(),
+                    results: vec![],
+                })
+            }),
+        ]
+    }
+
+    fn pull_of(replica: &str, home: Option<String>) -> PullRequest {
+        PullRequest {
+            version: SYNC_PROTOCOL_VERSION,
+            replica_store_id: replica.to_owned(),
+            home_store_id: home,
+            cursors: vec![],
+            acked_through: 0,
+        }
+    }
+
+    pub fn serve_pull(ctx: &Ctx) -> Vec<Case> {
+        let replica = ctx.unknown_session.clone();
+        vec![
+            case("another protocol version", invalid("version"), {
+                let replica = replica.clone();
+                move |c, _| {
+                    c.serve_pull(PullRequest {
+                        version: 9,
+                        ..pull_of(&replica, None)
+                    })
+                }
+            }),
+            case("from this store", invalid("replica_store_id"), |c, _| {
+                c.serve_pull(pull_of(&c.store_id(), None))
+            }),
+            case("to another home", invalid("home_store_id"), {
+                let replica = replica.clone();
+                move |c, x| c.serve_pull(pull_of(&replica, Some(x.unknown_group.clone())))
+            }),
+            case("a malformed cursor", invalid("group_id"), move |c, _| {
+                c.serve_pull(PullRequest {
+                    cursors: vec![SyncCursor {
+                        group_id: "g".into(),
+                        rev: 1,
+                    }],
+                    ..pull_of(&replica, None)
+                })
+            }),
+        ]
+    }
+
+    fn push_of(c: &Coven, replica: &str, mutations: Vec<PushedMutation>) -> PushRequest {
+        PushRequest {
+            version: SYNC_PROTOCOL_VERSION,
+            replica_store_id: replica.to_owned(),
+            home_store_id: c.store_id(),
+            mutations,
+            acked_through: 0,
+        }
+    }
+
+    pub fn serve_push(ctx: &Ctx) -> Vec<Case> {
+        let replica = ctx.unknown_session.clone();
+        let delete = |txn: &str, order| PushedMutation {
+            order,
+            txn_id: txn.to_owned(),
+            attempt: 0,
+            mutation: Mutation::DeleteGroup {
+                group_id: fresh_session_id(1),
+            },
+        };
+        vec![
+            case("another protocol version", invalid("version"), {
+                let replica = replica.clone();
+                move |c, _| {
+                    c.serve_push(PushRequest {
+                        version: 0,
+                        ..push_of(c, &replica, vec![])
+                    })
+                }
+            }),
+            case("from this store", invalid("replica_store_id"), |c, _| {
+                c.serve_push(push_of(c, &c.store_id(), vec![]))
+            }),
+            case("to another home", invalid("home_store_id"), {
+                let replica = replica.clone();
+                move |c, x| {
+                    c.serve_push(PushRequest {
+                        home_store_id: x.unknown_group.clone(),
+                        ..push_of(c, &replica, vec![])
+                    })
+                }
+            }),
+            case("a malformed transaction id", invalid("txn_id"), {
+                let replica = replica.clone();
+                move |c, _| c.serve_push(push_of(c, &replica, vec![delete("t", 1)]))
+            }),
+            case("order 0", invalid("order"), move |c, x| {
+                c.serve_push(push_of(c, &replica, vec![delete(&x.unknown_turn, 0)]))
+            }),
+        ]
+    }
+
+    pub fn sync(_ctx: &Ctx) -> Vec<Case> {
+        vec![case("malformed home", invalid("home_store_id"), |c, _| {
+            c.sync(Arc::new(Unreachable), Some("home".into()))
+        })]
+    }
 }
 
 /// A sender nobody listens to, for harnesses that are refused before they run.
@@ -1064,6 +1396,18 @@ refusals!(
     wait_for_changes,
     set_cursor,
     get_cursor,
+    home_of,
+    enqueue,
+    create_group_at,
+    retry_outbox,
+    discard_outbox,
+    pull_request,
+    push_request,
+    apply_pull,
+    apply_push,
+    serve_pull,
+    serve_push,
+    sync,
 );
 
 /// Exported operations without arguments: nothing to refuse but a closed store.
@@ -1073,6 +1417,8 @@ const NO_ARGUMENTS: &[&str] = &[
     "list_familiars",
     "list_groups",
     "check",
+    "outbox",
+    "store_id",
 ];
 /// The exported constructors, refused by `open_refusals_leave_no_file_behind_and_no_byte_changed`.
 const CONSTRUCTORS: &[&str] = &["open", "open_in_memory"];
@@ -1259,6 +1605,56 @@ fn every_operation_on_a_closed_store_is_closed() {
         op("set_cursor", || coven.set_cursor(pair, "phone", 0)),
         op("get_cursor", || coven.get_cursor(pair, "phone")),
         op("check", || coven.check()),
+        op("home_of", || coven.home_of(pair)),
+        op("enqueue", || {
+            coven.enqueue(Mutation::DeleteGroup {
+                group_id: pair.clone(),
+            })
+        }),
+        op("create_group_at", || {
+            coven.create_group_at(&ctx.unknown_group, None, ids(&["ada"]))
+        }),
+        op("outbox", || coven.outbox()),
+        op("retry_outbox", || coven.retry_outbox(&ctx.unknown_turn)),
+        op("discard_outbox", || coven.discard_outbox(&ctx.unknown_turn)),
+        op("pull_request", || coven.pull_request(None)),
+        op("push_request", || coven.push_request(&ctx.unknown_group)),
+        op("apply_pull", || {
+            coven.apply_pull(PullResponse {
+                version: SYNC_PROTOCOL_VERSION,
+                home_store_id: ctx.unknown_group.clone(),
+                groups: vec![],
+                familiars: vec![],
+                results: vec![],
+                more: false,
+            })
+        }),
+        op("apply_push", || {
+            coven.apply_push(PushResponse {
+                version: SYNC_PROTOCOL_VERSION,
+                home_store_id: ctx.unknown_group.clone(),
+                results: vec![],
+            })
+        }),
+        op("serve_pull", || {
+            coven.serve_pull(PullRequest {
+                version: SYNC_PROTOCOL_VERSION,
+                replica_store_id: ctx.unknown_group.clone(),
+                home_store_id: None,
+                cursors: vec![],
+                acked_through: 0,
+            })
+        }),
+        op("serve_push", || {
+            coven.serve_push(PushRequest {
+                version: SYNC_PROTOCOL_VERSION,
+                replica_store_id: ctx.unknown_group.clone(),
+                home_store_id: coven.store_id(),
+                mutations: vec![],
+                acked_through: 0,
+            })
+        }),
+        op("sync", || coven.sync(Arc::new(Unreachable), None)),
     ];
     for (name, call) in &ops {
         assert_eq!(call(), Err(Error::Closed), "{name} on a closed store");
@@ -1267,7 +1663,7 @@ fn every_operation_on_a_closed_store_is_closed() {
     let missing: Vec<String> = exported_operations()
         .into_iter()
         .filter(|name| !named.contains(name) && !CONSTRUCTORS.contains(&name.as_str()))
-        .filter(|name| !["recovery", "close"].contains(&name.as_str()))
+        .filter(|name| !["recovery", "close", "store_id"].contains(&name.as_str()))
         .collect();
     assert!(
         missing.is_empty(),

@@ -303,6 +303,6 @@ pub(crate) fn harness_error(reason: impl Into<String>) -> Error {
 
 impl From<uniffi::UnexpectedUniFFICallbackError> for Error {
     fn from(err: uniffi::UnexpectedUniFFICallbackError) -> Self {
-        harness_error(format!("the host harness raised: {}", err.reason))
+        harness_error(format!("the host callback raised: {}", err.reason))
     }
 }

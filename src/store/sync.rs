@@ -278,6 +278,7 @@ impl ResultRecord {
         MutationResult {
             order,
             txn_id: ids::to_string(self.txn),
+            attempt: self.attempt,
             group_id: ids::to_string(self.group),
             outcome: match &self.outcome {
                 OutcomeRecord::Applied { rev, seq, turn } => MutationOutcome::Applied {
@@ -374,6 +375,7 @@ impl<'txn> Batch<'txn> {
                 None => MutationResult {
                     order,
                     txn_id: ids::to_string(txn),
+                    attempt,
                     group_id: String::new(),
                     outcome: MutationOutcome::AlreadyApplied,
                 },
@@ -401,7 +403,9 @@ impl<'txn> Batch<'txn> {
         Ok(())
     }
 
-    /// Forgets the answers a replica has stored.
+    /// Forgets the answers a replica has stored. Every mutation of it up to `acked_through` is
+    /// settled there (applied, or refused and discarded by its host), so none of them is
+    /// applied from now on: a late copy of one is answered `AlreadyApplied`.
     pub fn forget_answers(&mut self, replica: u128, acked_through: u64) -> Result<()> {
         if acked_through == 0 {
             return Ok(());
@@ -409,6 +413,16 @@ impl<'txn> Batch<'txn> {
         self.sync_results
             .open_mut()?
             .retain_in((replica, 0)..=(replica, acked_through), |_, _| false)?;
+        let last_applied = self
+            .sync_clients
+            .open()?
+            .get(replica)?
+            .map_or(0, |v| v.value());
+        if acked_through > last_applied {
+            self.sync_clients
+                .open_mut()?
+                .insert(replica, acked_through)?;
+        }
         Ok(())
     }
 }
@@ -582,8 +596,12 @@ impl<'txn> Batch<'txn> {
             else {
                 continue;
             };
+            // Only a pending entry takes an answer, and only one to its current attempt: a
+            // late copy of the answer to an attempt the host has retried since is stale.
             if ids::to_string(record.txn) != result.txn_id
                 || !matches!(record.state, StateRecord::Pending)
+                || (result.attempt != record.attempt
+                    && !matches!(result.outcome, MutationOutcome::Applied { .. }))
             {
                 continue;
             }

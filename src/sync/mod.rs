@@ -5,6 +5,43 @@
 //! to the home by any transport, the home answers with [`Coven::serve_pull`] or
 //! [`Coven::serve_push`], and the replica applies the answer. [`Coven::sync`] runs that loop over
 //! a [`SyncTransport`] the host implements. The rules are in docs/design.md ("Sync").
+//!
+//! ```
+//! use std::sync::Arc;
+//! use coven_group::*;
+//!
+//! /// Carries each message straight to the home (a host carries them over its network).
+//! struct Direct(Arc<Coven>);
+//! impl SyncTransport for Direct {
+//!     fn pull(&self, request: PullRequest) -> Result<PullResponse> { self.0.serve_pull(request) }
+//!     fn push(&self, request: PushRequest) -> Result<PushResponse> { self.0.serve_push(request) }
+//! }
+//!
+//! let desk = Arc::new(Coven::open_in_memory(Config::default())?);
+//! let phone = Coven::open_in_memory(Config::default())?;
+//! desk.register_familiar(Familiar::new("ada", "Ada", "scripted"))?;
+//! let group = desk.create_group(None, vec!["ada".into()], None)?;
+//!
+//! let transport = Arc::new(Direct(desk.clone()));
+//! phone.sync(transport.clone(), None)?;
+//! let mine = phone.enqueue(Mutation::Send {
+//!     group_id: group.id.clone(),
+//!     text: "From the train".into(),
+//!     author: None,
+//! })?;
+//! assert_eq!(phone.get_group(&group.id)?.pending[0].txn_id, mine.txn_id);
+//! phone.sync(transport.clone(), Some(desk.store_id()))?;
+//! let user_event = &desk.get_group(&group.id)?.events[0];
+//! desk.wait_turn(user_event.turn_id.as_deref().unwrap(), std::time::Duration::from_secs(30))?;
+//! phone.sync(transport, Some(desk.store_id()))?;
+//! let (mine, theirs) = (phone.get_group(&group.id)?, desk.get_group(&group.id)?);
+//! assert!(mine.pending.is_empty());
+//! assert_eq!(mine.events.len(), theirs.events.len());
+//! for (a, b) in mine.events.iter().zip(&theirs.events) {
+//!     assert_eq!((a.seq, &a.text, &a.familiar_id), (b.seq, &b.text, &b.familiar_id));
+//! }
+//! # Ok::<(), coven_group::Error>(())
+//! ```
 
 pub mod protocol;
 
@@ -51,6 +88,11 @@ pub struct SyncReport {
 /// Most pull and push round trips one [`Coven::sync`] makes before it returns: a home that keeps
 /// changing cannot hold a caller forever.
 const MAX_ROUNDS: u32 = 10_000;
+
+/// Pull answers in a row refused as not following this store's state before [`Coven::sync`]
+/// gives up with that refusal: one is a stale answer, several mean a disagreement no pull
+/// repairs (a group this store holds from another home).
+const MAX_GAPS_IN_A_ROW: u32 = 3;
 
 /// `true` for errors that refuse one mutation (its answer), not the whole request.
 fn is_refusal(err: &Error) -> bool {
@@ -165,7 +207,7 @@ impl Coven {
             let Some(home) = home else {
                 return Ok((Vec::new(), 0));
             };
-            let cursors = reader
+            let mut cursors: Vec<SyncCursor> = reader
                 .replicas()?
                 .into_iter()
                 .filter(|(_, replica)| replica.home == home)
@@ -174,6 +216,18 @@ impl Coven {
                     rev: replica.home_rev,
                 })
                 .collect();
+            // Groups this store created at the home and has not received yet: asked for at rev
+            // 0, so the home sends them, or says they were deleted since.
+            for (_, _, record) in reader.outbox(Some(home))? {
+                if let (MutationRecord::CreateGroup { .. }, stored::StateRecord::Applied { .. }) =
+                    (&record.mutation, &record.state)
+                {
+                    cursors.push(SyncCursor {
+                        group_id: ids::to_string(record.group),
+                        rev: 0,
+                    });
+                }
+            }
             Ok((cursors, acked_through(reader, home)?))
         })?;
         Ok(PullRequest {
@@ -291,6 +345,7 @@ impl Coven {
             }
             parsed.push((pushed.order, txn, pushed.attempt, pushed.mutation.clone()));
         }
+        self.ensure_open()?;
         if request.acked_through > 0 {
             let acked = request.acked_through;
             self.write(move |batch| batch.forget_answers(replica, acked))?;
@@ -337,6 +392,7 @@ impl Coven {
                     progressed = true;
                 }
             }
+            let mut gaps_in_a_row = 0;
             loop {
                 let request = self.pull_request(home.clone())?;
                 report.pulls += 1;
@@ -344,6 +400,7 @@ impl Coven {
                 home = Some(response.home_store_id.clone());
                 match self.apply_pull(response) {
                     Ok(applied) => {
+                        gaps_in_a_row = 0;
                         report.changes += applied.changes;
                         report.snapshots += applied.snapshots;
                         report.deleted += applied.deleted;
@@ -353,7 +410,8 @@ impl Coven {
                         }
                     }
                     // A gap: the next pull asks from where this store stands.
-                    Err(Error::Conflict { .. }) if report.gaps < u64::from(MAX_ROUNDS) => {
+                    Err(Error::Conflict { .. }) if gaps_in_a_row < MAX_GAPS_IN_A_ROW => {
+                        gaps_in_a_row += 1;
                         report.gaps += 1;
                     }
                     Err(err) => return Err(err),
@@ -406,6 +464,7 @@ impl Coven {
         let refusal = |err: &Error| MutationResult {
             order,
             txn_id: ids::to_string(txn),
+            attempt,
             group_id: group_id.clone(),
             outcome: match stored::refused(err) {
                 OutcomeRecord::Refused {

@@ -261,6 +261,8 @@ pub enum MutationOutcome {
 pub struct MutationResult {
     pub order: u64,
     pub txn_id: String,
+    /// The attempt answered (see [`PushedMutation::attempt`]).
+    pub attempt: u32,
     pub group_id: String,
     pub outcome: MutationOutcome,
 }

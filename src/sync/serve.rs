@@ -38,8 +38,9 @@ pub fn pull(
         if head.rev() == rev {
             continue;
         }
-        // A replica ahead of its home (a home restored from an older copy) starts over too.
-        if rev > head.rev() || head.rev() - rev > SNAPSHOT_AFTER_CHANGES {
+        // A replica new to the group (it asked for a group it created here), or ahead of its
+        // home (a home restored from an older copy), starts from a snapshot too.
+        if rev == 0 || rev > head.rev() || head.rev() - rev > SNAPSHOT_AFTER_CHANGES {
             let snapshot = reader.sync_snapshot(group)?;
             budget = budget.saturating_sub(snapshot.events.len() as u64 + 1);
             groups.push(GroupPull::Snapshot { snapshot });
