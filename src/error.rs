@@ -24,6 +24,10 @@ pub enum Error {
     /// The store was closed.
     #[error("the store is closed")]
     Closed,
+    /// The other end of a sync could not be reached or did not answer as it should; nothing of
+    /// the call was lost: sync again later.
+    #[error("unavailable: {reason}")]
+    Unavailable { reason: String },
 }
 
 /// Result alias used across the crate.
@@ -46,6 +50,12 @@ impl Error {
 
     pub(crate) fn conflict(reason: impl Into<String>) -> Self {
         Error::Conflict {
+            reason: reason.into(),
+        }
+    }
+
+    pub(crate) fn unavailable(reason: impl Into<String>) -> Self {
+        Error::Unavailable {
             reason: reason.into(),
         }
     }

@@ -52,6 +52,8 @@ pub use harness::registry::BUILTIN_HARNESSES;
 pub use harness::{Harness, ReplySink, TurnRequest, MAX_REPLY_BYTES};
 pub use hub::{GroupListener, Subscription, SUBSCRIPTION_QUEUE_LIMIT};
 pub use model::*;
+#[cfg(feature = "http")]
+pub use sync::http::{http_sync_transport, HttpTransport};
 pub use sync::{
     sync_message_from_json, sync_message_to_json, ErrorCode, GroupPull, Mutation, MutationOutcome,
     MutationResult, OutboxEntry, OutboxState, PullApplied, PullRequest, PullResponse, PushRequest,

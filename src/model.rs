@@ -358,6 +358,10 @@ pub struct Config {
     /// Programs (bare names or absolute paths) the `command` harness may run.
     #[uniffi(default = [])]
     pub allowed_programs: Vec<String>,
+    /// As a home: a replica further behind a group than this many changes is sent the group's
+    /// snapshot instead of its changes (a replica new to a group always is). Default 20,000.
+    #[uniffi(default = 20000)]
+    pub sync_snapshot_after_changes: u64,
 }
 
 impl Default for Config {
@@ -371,6 +375,7 @@ impl Default for Config {
             stop_grace_ms: 5_000,
             scripted_delay_ms: 0,
             allowed_programs: Vec::new(),
+            sync_snapshot_after_changes: 20_000,
         }
     }
 }

@@ -270,9 +270,31 @@ pub fn pull_response(response: &crate::sync::PullResponse) -> Result<()> {
                 snapshot.sessions.iter().try_for_each(session)?;
                 snapshot.events.iter().try_for_each(event)?;
             }
-            GroupPull::Changes { group_id, changes } => {
+            GroupPull::Changes {
+                group_id,
+                after_rev,
+                through_rev,
+                changes,
+            } => {
                 crate::ids::parse("group_id", group_id)?;
+                if after_rev > through_rev {
+                    return Err(Error::invalid(
+                        "through_rev",
+                        format!("{through_rev} is before after_rev {after_rev}"),
+                    ));
+                }
+                let mut previous = *after_rev;
                 for change in changes {
+                    if change.rev <= previous || change.rev > *through_rev {
+                        return Err(Error::invalid(
+                            "changes.rev",
+                            format!(
+                                "rev {} is out of order or outside {after_rev}..={through_rev}",
+                                change.rev
+                            ),
+                        ));
+                    }
+                    previous = change.rev;
                     if change.group_id != *group_id {
                         return Err(Error::invalid(
                             "changes.group_id",

@@ -2,6 +2,9 @@
 //! the release that writes format 1 (schema 1), with `examples/format1_fixture.rs` from that
 //! release: opening it upgrades it in one write transaction, a SIGKILL during the upgrade leaves
 //! the old format or the new one (never a mix), and a newer format is refused untouched.
+//! `tests/fixtures/format2.redb` is the same content made by the release that writes format 2
+//! (schema 2), with the same program from that release; it upgrades to the current schema
+//! without a value rewritten.
 
 mod common;
 
@@ -199,6 +202,38 @@ fn a_format_1_store_upgrades_when_opened() {
     assert_eq!(coven.recovery(), Default::default());
     assert_fixture_content(&coven);
     assert_clean_and_idle(&coven);
+}
+
+#[test]
+fn a_format_2_store_upgrades_when_opened_and_gets_a_store_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("format2.redb");
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/format2.redb"),
+        &path,
+    )
+    .unwrap();
+    assert_eq!(schema_of(&path), 2);
+    let coven = Coven::open(&path, Config::default()).unwrap();
+    let recovery = coven.recovery();
+    assert_eq!(
+        (
+            recovery.interrupted_replies,
+            recovery.released_turns,
+            recovery.failed_sessions
+        ),
+        (2, 1, 2),
+        "{recovery:?}"
+    );
+    assert_fixture_content(&coven);
+    assert_clean_and_idle(&coven);
+    let store_id = coven.store_id();
+    assert!(coven.outbox().unwrap().is_empty());
+    coven.close();
+    assert_eq!(schema_of(&path), 3, "the current schema");
+    let coven = Coven::open(&path, Config::default()).unwrap();
+    assert_eq!(coven.store_id(), store_id, "the store id is made once");
+    assert_fixture_content(&coven);
 }
 
 #[test]

@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::sync::{assert_same_group, sync, Direct};
+use common::sync::{assert_same_group, sync};
 use common::*;
 use coven_group::{
     Config, Coven, Error, EventKind, GroupPull, GroupUpdate, Mutation, MutationOutcome,
@@ -152,21 +152,20 @@ fn a_duplicate_answer_is_skipped_and_a_gap_is_refused_naming_the_rev_needed() {
     assert_eq!(again.changes, 0);
     assert_eq!(all_changes(&phone, &group.id), before);
 
-    // Five more at home, and an answer that lacks the first of them.
+    // Five more at home, and an answer meant for a replica three revs further along (as one
+    // that lost what it had applied would get): it does not follow what this replica holds.
     for n in 5..10 {
         home.append_user_message(&group.id, format!("m{n}"), None)
             .unwrap();
     }
-    let next = phone.pull_request(Some(home.store_id())).unwrap();
+    let mut next = phone.pull_request(Some(home.store_id())).unwrap();
     let needed = next.cursors[0].rev + 1;
-    let mut gapped: PullResponse = home.serve_pull(next).unwrap();
-    match &mut gapped.groups[0] {
-        GroupPull::Changes { changes, .. } => {
-            assert_eq!(changes[0].rev, needed);
-            changes.remove(0);
-        }
-        other => panic!("expected changes, got {other:?}"),
-    }
+    next.cursors[0].rev += 3;
+    let gapped: PullResponse = home.serve_pull(next).unwrap();
+    assert!(matches!(
+        &gapped.groups[0],
+        GroupPull::Changes { after_rev, .. } if *after_rev == needed + 2
+    ));
     let reason = expect_conflict(phone.apply_pull(gapped));
     assert!(
         reason.contains(&format!("needs rev {needed} next")),
@@ -219,24 +218,29 @@ fn a_new_replica_bootstraps_from_a_snapshot_while_a_turn_streams() {
     assert_clean(&phone);
 }
 
+/// A home whose group's single member is a puppet: its turn runs until the test ends it.
+fn home_with_a_puppet() -> (Arc<Coven>, String, Hand) {
+    let home = home_with_familiars(Config::default());
+    let puppet = Puppet::new();
+    let hand = puppet.hand("pup");
+    home.register_host_harness("puppet", puppet).unwrap();
+    home.register_familiar(familiar("pup", "Pup", "puppet"))
+        .unwrap();
+    let group = home.create_group(None, ids(&["pup"]), None).unwrap();
+    (home, group.id, hand)
+}
+
 #[test]
 fn a_conflict_comes_back_to_the_echo_and_the_outbox_waits_for_a_retry() {
-    let home = home_with_familiars(Config {
-        scripted_delay_ms: 5,
-        ..Config::default()
-    });
-    let group = home.create_group(None, ids(&["ada"]), None).unwrap();
+    let (home, group_id, hand) = home_with_a_puppet();
     let phone = memory_store();
     sync(&phone, &home);
     // A turn runs at home, so the phone's send is refused with Conflict.
-    let running = home.send(&group.id, "long one".into(), None).unwrap();
-    let refused = phone.enqueue(send(&group.id, "mine")).unwrap();
-    let behind = phone.enqueue(append(&group.id, "after mine")).unwrap();
-    let transport = Arc::new(Direct(home.clone()));
-    phone
-        .sync(transport.clone(), Some(home.store_id()))
-        .unwrap();
-    let echo = phone.get_group(&group.id).unwrap().pending;
+    let running = home.send(&group_id, "long one".into(), None).unwrap();
+    let refused = phone.enqueue(send(&group_id, "mine")).unwrap();
+    let behind = phone.enqueue(append(&group_id, "after mine")).unwrap();
+    sync(&phone, &home);
+    let echo = phone.get_group(&group_id).unwrap().pending;
     assert_eq!(echo.len(), 2);
     match &echo[0].state {
         SendState::Failed { reason, retryable } => {
@@ -257,16 +261,28 @@ fn a_conflict_comes_back_to_the_echo_and_the_outbox_waits_for_a_retry() {
     // Only a refused entry can be retried or discarded.
     expect_conflict(phone.retry_outbox(&behind.txn_id));
     expect_conflict(phone.discard_outbox(&behind.txn_id));
+    // Retrying while the turn still runs is refused again, and changes nothing at home.
+    phone.retry_outbox(&refused.txn_id).unwrap();
+    sync(&phone, &home);
+    assert!(matches!(
+        phone.outbox().unwrap()[0].state,
+        OutboxState::Failed { .. }
+    ));
 
+    hand.say("done");
+    hand.step(Step::Return);
     assert!(home.wait_turn(&running.turn_id, GUARD).unwrap());
     let retried = phone.retry_outbox(&refused.txn_id).unwrap();
     assert_eq!(retried.txn_id, refused.txn_id, "a retry keeps its id");
     assert_eq!(retried.order, refused.order, "and its place");
-    phone.sync(transport, Some(home.store_id())).unwrap();
-    wait_turns(&home, &group.id);
+    sync(&phone, &home);
+    // The phone's send started a turn of its own: the puppet answers it.
+    hand.say("yours");
+    hand.step(Step::Return);
+    wait_turns(&home, &group_id);
     sync(&phone, &home);
     let texts: Vec<String> = home
-        .get_group(&group.id)
+        .get_group(&group_id)
         .unwrap()
         .events
         .into_iter()
@@ -278,7 +294,7 @@ fn a_conflict_comes_back_to_the_echo_and_the_outbox_waits_for_a_retry() {
         vec!["long one", "mine", "after mine"],
         "in order, once"
     );
-    assert_same_group(&home, &phone, &group.id);
+    assert_same_group(&home, &phone, &group_id);
     assert!(phone.outbox().unwrap().is_empty());
 }
 
@@ -321,27 +337,42 @@ fn a_discarded_entry_leaves_the_timeline_and_the_outbox_goes_on() {
         .count();
     assert_eq!(sent, 1);
     assert_same_group(&home, &phone, &group.id);
-    // A discarded message echo leaves with a MessageDiscarded change.
-    let running = home.send(&group.id, "busy".into(), None).unwrap();
-    let doomed = phone.enqueue(send(&group.id, "refused")).unwrap();
-    sync(&phone, &home);
-    let failed = phone.outbox().unwrap();
-    if matches!(
-        failed.first().map(|e| &e.state),
-        Some(OutboxState::Failed { .. })
-    ) {
-        phone.discard_outbox(&doomed.txn_id).unwrap();
-        let last = all_changes(&phone, &group.id).pop().unwrap();
-        assert_eq!(
-            last.update,
-            GroupUpdate::MessageDiscarded {
-                txn_id: doomed.txn_id.clone()
-            }
-        );
-        assert!(phone.get_group(&group.id).unwrap().pending.is_empty());
-    }
-    assert!(home.wait_turn(&running.turn_id, GUARD).unwrap());
     let _ = message;
+}
+
+#[test]
+fn a_discarded_message_leaves_the_timeline_in_one_change() {
+    let (home, group_id, hand) = home_with_a_puppet();
+    let phone = memory_store();
+    sync(&phone, &home);
+    let running = home.send(&group_id, "busy".into(), None).unwrap();
+    let doomed = phone.enqueue(send(&group_id, "refused")).unwrap();
+    sync(&phone, &home);
+    assert!(matches!(
+        phone.outbox().unwrap()[0].state,
+        OutboxState::Failed { .. }
+    ));
+    let before = phone.get_group(&group_id).unwrap().rev;
+    phone.discard_outbox(&doomed.txn_id).unwrap();
+    let after = changes_after(&phone, &group_id, before);
+    assert_eq!(after.len(), 1);
+    assert_eq!(
+        after[0].update,
+        GroupUpdate::MessageDiscarded {
+            txn_id: doomed.txn_id.clone()
+        }
+    );
+    assert!(phone.get_group(&group_id).unwrap().pending.is_empty());
+    hand.step(Step::Return);
+    assert!(home.wait_turn(&running.turn_id, GUARD).unwrap());
+    sync(&phone, &home);
+    assert!(home
+        .get_group(&group_id)
+        .unwrap()
+        .events
+        .iter()
+        .all(|e| e.text != "refused"));
+    assert_same_group(&home, &phone, &group_id);
 }
 
 #[test]

@@ -95,6 +95,10 @@ impl From<cg::Error> for ApiError {
                 "unavailable",
                 "the server is shutting down",
             ),
+            // The server makes no sync calls of its own; a host transport's failure.
+            cg::Error::Unavailable { .. } => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
         }
     }
 }

@@ -140,7 +140,7 @@ async fn health() -> Json<Health> {
             streaming: "sse".into(),
             tail: true,
             shares: true,
-            sync: false,
+            sync: true,
         },
     })
 }
@@ -626,7 +626,7 @@ async fn revoke_share(
     paths(health, openapi_json, list_familiars, register_familiar, list_groups, create_group,
         adopt_group, get_group, patch_group, delete_group, send, cancel, events, group_sessions,
         get_session, archive_session, summon_session, sacrifice_session, list_shares,
-        create_share, revoke_share),
+        create_share, revoke_share, sync_pull, sync_push),
     components(schemas(ErrorBody, ErrorDetail, Frame, Notice, ReplyError, Role)),
     modifiers(&CommonResponses),
     security(("bearer" = [])),
@@ -713,6 +713,37 @@ pub fn document_json() -> String {
         .unwrap_or_else(|_| "{}".to_owned())
 }
 
+// ---- sync ----
+
+#[utoipa::path(post, path = "/api/sync/pull", tag = "sync",
+    request_body(content = Object, description = "A `PullRequest` of the sync protocol (docs/design.md, \"Sync\"): `version`, `replica_store_id`, `home_store_id`, `cursors`, `acked_through`"),
+    responses((status = 200, description = "The `PullResponse`: this store's groups for the replica", body = Object)))]
+async fn sync_pull(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    request: Result<Json<cg::PullRequest>, JsonRejection>,
+) -> ApiResult<Json<cg::PullResponse>> {
+    // A replica holds every group of its home: only the owner's token reaches them all.
+    owner_only(&principal)?;
+    let request = body(request)?;
+    let coven = state.coven.clone();
+    Ok(Json(blocking(move || coven.serve_pull(request)).await?))
+}
+
+#[utoipa::path(post, path = "/api/sync/push", tag = "sync",
+    request_body(content = Object, description = "A `PushRequest` of the sync protocol: a replica's outbox mutations, in order"),
+    responses((status = 200, description = "The `PushResponse`: one result per mutation processed", body = Object)))]
+async fn sync_push(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    request: Result<Json<cg::PushRequest>, JsonRejection>,
+) -> ApiResult<Json<cg::PushResponse>> {
+    owner_only(&principal)?;
+    let request = body(request)?;
+    let coven = state.coven.clone();
+    Ok(Json(blocking(move || coven.serve_push(request)).await?))
+}
+
 // ---- the router ----
 
 /// Registers each route and records its method and path, so the route list the OpenAPI test
@@ -777,6 +808,8 @@ fn routes() -> Routes {
     .add(Method::GET, "/api/shares", get(list_shares))
     .add(Method::POST, "/api/shares", post(create_share))
     .add(Method::DELETE, "/api/shares/{id}", delete(revoke_share))
+    .add(Method::POST, "/api/sync/pull", post(sync_pull))
+    .add(Method::POST, "/api/sync/push", post(sync_push))
 }
 
 /// Every route the router serves, as (method, path) with `{param}` segments.

@@ -54,6 +54,7 @@ pub enum CodeRecord {
     Harness,
     Storage,
     Closed,
+    Unavailable,
 }
 
 impl CodeRecord {
@@ -65,6 +66,7 @@ impl CodeRecord {
             ErrorCode::Harness => CodeRecord::Harness,
             ErrorCode::Storage => CodeRecord::Storage,
             ErrorCode::Closed => CodeRecord::Closed,
+            ErrorCode::Unavailable => CodeRecord::Unavailable,
         }
     }
 
@@ -76,6 +78,7 @@ impl CodeRecord {
             CodeRecord::Harness => ErrorCode::Harness,
             CodeRecord::Storage => ErrorCode::Storage,
             CodeRecord::Closed => ErrorCode::Closed,
+            CodeRecord::Unavailable => ErrorCode::Unavailable,
         }
     }
 }
@@ -763,9 +766,13 @@ impl<'txn> Batch<'txn> {
         applied.settled += self.record_answers(home, results)?;
         for step in plan {
             match step {
-                Step::Changes { group, changes } => {
+                Step::Changes {
+                    group,
+                    through_rev,
+                    changes,
+                } => {
                     applied.changes += changes.len() as u64;
-                    applied.settled += self.apply_changes(home, group, changes)?;
+                    applied.settled += self.apply_changes(home, group, through_rev, changes)?;
                 }
                 Step::Snapshot { group, snapshot } => {
                     applied.snapshots += 1;
@@ -815,44 +822,51 @@ impl<'txn> Batch<'txn> {
                 Some(replica) if replica.home_rev >= snapshot.rev => None,
                 _ => Some(Step::Snapshot { group, snapshot }),
             },
-            GroupPull::Changes { changes, .. } => {
+            GroupPull::Changes {
+                after_rev,
+                through_rev,
+                changes,
+                ..
+            } => {
                 // Changes for a group not held here are for one this store dropped since.
                 let Some(replica) = replica else {
                     return Ok(None);
                 };
+                if after_rev > replica.home_rev {
+                    return Err(Error::conflict(format!(
+                        "changes of group {} start after home rev {after_rev}: this store has \
+                         applied up to rev {} and needs rev {} next; pull again from rev {}",
+                        ids::to_string(group),
+                        replica.home_rev,
+                        replica.home_rev + 1,
+                        replica.home_rev
+                    )));
+                }
+                if through_rev <= replica.home_rev {
+                    return Ok(None);
+                }
                 let fresh: Vec<GroupChange> = changes
                     .into_iter()
                     .filter(|change| change.rev > replica.home_rev)
                     .collect();
-                for (expected, change) in (replica.home_rev + 1..).zip(&fresh) {
-                    if change.rev != expected {
-                        return Err(Error::conflict(format!(
-                            "changes of group {} skip home rev {expected}: this store has \
-                             applied up to rev {} and needs rev {} next, the answer goes on \
-                             with rev {}; pull again from rev {}",
-                            ids::to_string(group),
-                            replica.home_rev,
-                            replica.home_rev + 1,
-                            change.rev,
-                            replica.home_rev
-                        )));
-                    }
-                }
-                if fresh.is_empty() {
-                    None
-                } else {
-                    Some(Step::Changes {
-                        group,
-                        changes: fresh,
-                    })
-                }
+                Some(Step::Changes {
+                    group,
+                    through_rev,
+                    changes: fresh,
+                })
             }
         })
     }
 
     /// Applies a group's home changes in rev order, each as the same change here. Returns the
     /// outbox entries settled.
-    fn apply_changes(&mut self, home: u128, group: u128, changes: Vec<GroupChange>) -> Result<u64> {
+    fn apply_changes(
+        &mut self,
+        home: u128,
+        group: u128,
+        through_rev: u64,
+        changes: Vec<GroupChange>,
+    ) -> Result<u64> {
         // The messages whose events are on their way: seq → (order, txn).
         let mut sent: HashMap<u64, (u64, u128)> = HashMap::new();
         for (order, record) in self.outbox_of(home)? {
@@ -865,9 +879,14 @@ impl<'txn> Batch<'txn> {
             }
         }
         let mut settled = 0;
-        let mut home_rev = 0;
         for change in changes {
-            home_rev = change.rev;
+            if change.rev > through_rev {
+                return Err(Error::storage(format!(
+                    "the home sent rev {} of group {} in an answer through rev {through_rev}",
+                    change.rev,
+                    ids::to_string(group)
+                )));
+            }
             match change.update {
                 GroupUpdate::GroupCreated { group: state }
                 | GroupUpdate::GroupChanged { group: state } => {
@@ -931,6 +950,7 @@ impl<'txn> Batch<'txn> {
                 }
             }
         }
+        let home_rev = through_rev;
         self.store_replica(group, &ReplicaRecord { home, home_rev })?;
         Ok(settled + self.settle(home, group, home_rev, None)?)
     }
@@ -1157,6 +1177,8 @@ impl<'txn> Batch<'txn> {
 enum Step {
     Changes {
         group: u128,
+        /// The home rev the replica holds once they are applied.
+        through_rev: u64,
         changes: Vec<GroupChange>,
     },
     Snapshot {

@@ -43,6 +43,8 @@
 //! # Ok::<(), coven_group::Error>(())
 //! ```
 
+#[cfg(feature = "http")]
+pub mod http;
 pub mod protocol;
 
 use std::sync::Arc;
@@ -323,8 +325,16 @@ impl Coven {
             cursors.push((ids::parse("group_id", &cursor.group_id)?, cursor.rev));
         }
         self.ensure_open()?;
-        let mut response =
-            self.read(|reader| serve::pull(reader, replica, &cursors, request.acked_through))?;
+        let snapshot_after = self.config().sync_snapshot_after_changes;
+        let mut response = self.read(|reader| {
+            serve::pull(
+                reader,
+                replica,
+                &cursors,
+                request.acked_through,
+                snapshot_after,
+            )
+        })?;
         response.home_store_id = self.store_id();
         Ok(response)
     }

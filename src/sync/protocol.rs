@@ -97,6 +97,7 @@ pub enum ErrorCode {
     Harness,
     Storage,
     Closed,
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -108,6 +109,7 @@ impl ErrorCode {
             Error::Harness { .. } => ErrorCode::Harness,
             Error::Storage { .. } => ErrorCode::Storage,
             Error::Closed => ErrorCode::Closed,
+            Error::Unavailable { .. } => ErrorCode::Unavailable,
         }
     }
 
@@ -116,7 +118,7 @@ impl ErrorCode {
     pub fn retryable(self) -> bool {
         matches!(
             self,
-            ErrorCode::Conflict | ErrorCode::Storage | ErrorCode::Closed
+            ErrorCode::Conflict | ErrorCode::Storage | ErrorCode::Closed | ErrorCode::Unavailable
         )
     }
 }
@@ -178,9 +180,14 @@ pub struct PullRequest {
 /// One group's part of a pull answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, uniffi::Enum)]
 pub enum GroupPull {
-    /// The changes after the replica's cursor, in rev order (possibly not all: see `more`).
+    /// Every change of the group in `after_rev + 1 ..= through_rev`, in rev order (possibly not
+    /// all the group has: see `more`). A rev of the range may have no change (a home's log may
+    /// drop entries whose effect a later change carries); the range, not the revs, tells the
+    /// replica it missed nothing.
     Changes {
         group_id: String,
+        after_rev: u64,
+        through_rev: u64,
         changes: Vec<GroupChange>,
     },
     /// The group's whole state at `rev`, for a replica that is new to it or too far behind.

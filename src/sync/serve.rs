@@ -6,9 +6,7 @@ use crate::error::Result;
 use crate::ids;
 use crate::store::Reader;
 
-use super::protocol::{
-    GroupPull, PullResponse, MAX_PULL_CHANGES, SNAPSHOT_AFTER_CHANGES, SYNC_PROTOCOL_VERSION,
-};
+use super::protocol::{GroupPull, PullResponse, MAX_PULL_CHANGES, SYNC_PROTOCOL_VERSION};
 
 /// The answer to a pull with these cursors (group, home rev applied); `home_store_id` is left
 /// for the caller.
@@ -17,6 +15,7 @@ pub fn pull(
     replica: u128,
     cursors: &[(u128, u64)],
     acked_through: u64,
+    snapshot_after_changes: u64,
 ) -> Result<PullResponse> {
     let homed_here: BTreeSet<u128> = reader.home_groups()?.into_iter().collect();
     let mut budget = MAX_PULL_CHANGES;
@@ -40,7 +39,7 @@ pub fn pull(
         }
         // A replica new to the group (it asked for a group it created here), or ahead of its
         // home (a home restored from an older copy), starts from a snapshot too.
-        if rev == 0 || rev > head.rev() || head.rev() - rev > SNAPSHOT_AFTER_CHANGES {
+        if rev == 0 || rev > head.rev() || head.rev() - rev > snapshot_after_changes {
             let snapshot = reader.sync_snapshot(group)?;
             budget = budget.saturating_sub(snapshot.events.len() as u64 + 1);
             groups.push(GroupPull::Snapshot { snapshot });
@@ -50,11 +49,18 @@ pub fn pull(
         let limit = wanted.min(budget);
         let changes = reader.changes(group, rev, limit as u32)?;
         budget -= changes.len() as u64;
-        if (changes.len() as u64) < wanted {
-            more = true;
-        }
+        // A full page may stop short of the head; otherwise it reaches it.
+        let through_rev = match changes.last() {
+            Some(last) if changes.len() as u64 == limit && last.rev < head.rev() => {
+                more = true;
+                last.rev
+            }
+            _ => head.rev(),
+        };
         groups.push(GroupPull::Changes {
             group_id: ids::to_string(group),
+            after_rev: rev,
+            through_rev,
             changes,
         });
     }
