@@ -2,16 +2,19 @@
 //! a paced host harness, driven by every `server/tests/browser/*.test.mjs` (headless Chromium
 //! through playwright-core; `.ci/run` installs both). Also the page's own HTTP behaviour.
 //!
-//! The scripts steer the harness over a line protocol: a line `@@coven-group-test <command>`
-//! on the script's stdout is carried out, then answered with `ok` on its stdin. `hold` makes
-//! the replies of turns started from then on stop halfway until `release`, so a script can act
-//! mid-turn (reload, cancel) without guessing how long a turn takes.
+//! The scripts steer the test over a line protocol: a line `@@coven-group-test <command>` on
+//! the script's stdout is carried out, then answered with one line on its stdin (see
+//! [`carry_out`]). `hold` makes the replies of turns started from then on stop halfway until
+//! `release`, so a script can act mid-turn (reload, cancel) without guessing how long a turn
+//! takes; `server stop` and `server start` take the server away and bring it back; `phone
+//! <json>` drives a phone: a Python process with its own replica store that syncs with the
+//! server over HTTP (the cross-device script).
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use coven_group::{Config, Coven, Familiar, Harness, ReplySink, TurnRequest};
@@ -138,20 +141,38 @@ impl Harness for Paced {
 }
 
 struct BrowserServer {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     addr: SocketAddr,
     owner_token: String,
     hold: Arc<Hold>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    running: Option<Running>,
+}
+
+/// The server while it serves: its stop signal and its thread.
+struct Running {
+    stop: oneshot::Sender<()>,
+    thread: std::thread::JoinHandle<std::io::Result<()>>,
 }
 
 impl BrowserServer {
     fn start() -> Self {
         let dir = tempfile::tempdir().expect("temporary directory");
-        let store = dir.path().join("coven.redb");
-        let coven = Arc::new(Coven::open(&store, Config::default()).expect("open store"));
         let hold = Arc::new(Hold::default());
+        let (running, addr, owner_token) =
+            Self::serve(dir.path(), SocketAddr::from(([127, 0, 0, 1], 0)), &hold);
+        Self {
+            dir,
+            addr,
+            owner_token,
+            hold,
+            running: Some(running),
+        }
+    }
+
+    /// Opens the store in `dir` (registering the familiars) and serves it on `addr`.
+    fn serve(dir: &Path, addr: SocketAddr, hold: &Arc<Hold>) -> (Running, SocketAddr, String) {
+        let store = dir.join("coven.redb");
+        let coven = Arc::new(Coven::open(&store, Config::default()).expect("open store"));
         coven
             .register_host_harness("paced", Arc::new(Paced { hold: hold.clone() }))
             .expect("register the harness");
@@ -174,8 +195,7 @@ impl BrowserServer {
                 .enable_all()
                 .build()?;
             runtime.block_on(async move {
-                let listen = Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], 0)));
-                let bound = Bound::bind(&listen).await?;
+                let bound = Bound::bind(&Listen::Tcp(addr)).await?;
                 let _ = bound_sender.send(bound.local_addr());
                 server
                     .serve(bound, async move {
@@ -188,14 +208,31 @@ impl BrowserServer {
             .recv_timeout(Duration::from_secs(30))
             .expect("the server binds")
             .expect("a TCP address");
-        Self {
-            _dir: dir,
-            addr,
-            owner_token,
-            hold,
-            stop: Some(stop),
-            thread: Some(thread),
+        (Running { stop, thread }, addr, owner_token)
+    }
+
+    /// Stops serving and closes the store, as a signal would; bounded.
+    fn stop(&mut self) {
+        let Some(Running { stop, thread }) = self.running.take() else {
+            return;
+        };
+        let _ = stop.send(());
+        // Bounded: the server ends its streams at once and the store's close is bounded.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
         }
+        if thread.is_finished() {
+            let _ = thread.join();
+        }
+    }
+
+    /// Serves the same store again, on the same address, with the same owner token.
+    fn restart(&mut self) {
+        self.stop();
+        let (running, addr, owner_token) = Self::serve(self.dir.path(), self.addr, &self.hold);
+        assert_eq!((addr, &owner_token), (self.addr, &self.owner_token));
+        self.running = Some(running);
     }
 
     fn client(&self, token: Option<&str>) -> Client {
@@ -208,19 +245,7 @@ impl BrowserServer {
 
 impl Drop for BrowserServer {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        // Bounded: the server ends its streams at once and the store's close is bounded.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        if let Some(thread) = self.thread.take() {
-            while !thread.is_finished() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if thread.is_finished() {
-                let _ = thread.join();
-            }
-        }
+        self.stop();
     }
 }
 
@@ -254,9 +279,10 @@ fn check_prerequisites() {
     );
 }
 
-/// Runs one script against `server`, answering its control lines; returns its output, or
-/// panics with it when the script fails or overruns [`SCRIPT_LIMIT`].
-fn run_script(server: &BrowserServer, script: &Path) -> String {
+/// Runs one script against `server`, carrying out its control lines (see the module doc and
+/// [`carry_out`]); returns its output, or panics with it when the script fails or overruns
+/// [`SCRIPT_LIMIT`].
+fn run_script(server: &mut BrowserServer, script: &Path) -> String {
     let mut child = Command::new("node")
         .arg(script)
         .current_dir(browser_dir())
@@ -271,30 +297,21 @@ fn run_script(server: &BrowserServer, script: &Path) -> String {
     let mut answers = child.stdin.take().expect("stdin");
     let stdout = BufReader::new(child.stdout.take().expect("stdout"));
     let mut stderr = child.stderr.take().expect("stderr");
-    let hold = server.hold.clone();
+    let (commands, requested) = mpsc::channel::<String>();
     let reader = std::thread::spawn(move || {
         let mut output = String::new();
         for line in stdout.lines() {
             let Ok(line) = line else { break };
             match line.strip_prefix(CONTROL_PREFIX) {
-                Some("hold") => hold.set_holding(),
-                Some("release") => hold.release(),
-                Some(other) => {
-                    output.push_str(&format!("unknown control command {other:?}\n"));
-                    continue;
+                Some(command) => {
+                    if commands.send(command.to_owned()).is_err() {
+                        break;
+                    }
                 }
                 None => {
                     output.push_str(&line);
                     output.push('\n');
-                    continue;
                 }
-            }
-            if answers
-                .write_all(b"ok\n")
-                .and_then(|()| answers.flush())
-                .is_err()
-            {
-                break;
             }
         }
         output
@@ -304,6 +321,8 @@ fn run_script(server: &BrowserServer, script: &Path) -> String {
         let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
         text
     });
+    let mut phone: Option<Phone> = None;
+    let mut log = String::new();
     let deadline = Instant::now() + SCRIPT_LIMIT;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait for node") {
@@ -314,11 +333,26 @@ fn run_script(server: &BrowserServer, script: &Path) -> String {
             let _ = child.wait();
             break None;
         }
-        std::thread::sleep(Duration::from_millis(50));
+        match requested.recv_timeout(Duration::from_millis(50)) {
+            Ok(command) => {
+                let answer = carry_out(server, &mut phone, &command);
+                let shown: String = answer.chars().take(240).collect();
+                log.push_str(&format!("control {command} -> {shown}\n"));
+                // A script that ended meanwhile cannot take its answer; its status tells.
+                let _ = answers
+                    .write_all(format!("{answer}\n").as_bytes())
+                    .and_then(|()| answers.flush());
+            }
+            Err(mpsc::RecvTimeoutError::Timeout | mpsc::RecvTimeoutError::Disconnected) => {}
+        }
     };
     let output = reader.join().unwrap_or_default();
     let errors = errors.join().unwrap_or_default();
-    let report = format!("{}\n{output}\nstderr:\n{errors}", script.display());
+    let phone_errors = phone.map(Phone::finish).unwrap_or_default();
+    let report = format!(
+        "{}\n{output}\ncontrol:\n{log}\nstderr:\n{errors}\nphone stderr:\n{phone_errors}",
+        script.display()
+    );
     match status {
         Some(status) if status.success() => report,
         Some(status) => panic!("the browser script failed ({status}):\n{report}"),
@@ -327,6 +361,131 @@ fn run_script(server: &BrowserServer, script: &Path) -> String {
             SCRIPT_LIMIT.as_secs()
         ),
     }
+}
+
+/// Carries out one control command of a script and returns its one-line answer:
+/// - `hold`, `release`: replies started from now on stop halfway until released;
+/// - `server stop`, `server start`: the server stops (its store closed, as at SIGTERM), and
+///   serves the same store again on the same address;
+/// - `phone <json>`: a command for the phone (`phone.py`, started on first use), answered with
+///   the phone's JSON.
+fn carry_out(server: &mut BrowserServer, phone: &mut Option<Phone>, command: &str) -> String {
+    match command.split_once(' ').unwrap_or((command, "")) {
+        ("hold", "") => server.hold.set_holding(),
+        ("release", "") => server.hold.release(),
+        ("server", "stop") => server.stop(),
+        ("server", "start") => server.restart(),
+        ("phone", request) => {
+            let phone = phone.get_or_insert_with(|| Phone::start(server));
+            return phone.ask(request);
+        }
+        _ => return format!("unknown control command {command:?}"),
+    }
+    "ok".to_owned()
+}
+
+/// A phone: a Python process with the Python binding and a replica store of its own, syncing
+/// with the server over the library's HTTP transport (`tests/browser/phone.py`). It answers
+/// each JSON line on its stdin with one JSON line.
+struct Phone {
+    child: std::process::Child,
+    requests: std::process::ChildStdin,
+    answers: mpsc::Receiver<String>,
+    errors: std::thread::JoinHandle<String>,
+}
+
+impl Phone {
+    fn start(server: &BrowserServer) -> Self {
+        let mut child = Command::new("python3")
+            .arg(browser_dir().join("phone.py"))
+            .env("PYTHONPATH", python_bindings())
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("COVEN_PHONE_URL", format!("http://{}", server.addr))
+            .env("COVEN_PHONE_TOKEN", &server.owner_token)
+            .env("COVEN_PHONE_STORE", server.dir.path().join("phone.redb"))
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("python3 is required for the cross-device test (.ci/run installs it)");
+        let requests = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut stderr = child.stderr.take().expect("stderr");
+        let (sender, answers) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let errors = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            text
+        });
+        Self {
+            child,
+            requests,
+            answers,
+            errors,
+        }
+    }
+
+    /// Sends one request and waits (bounded) for its answer line.
+    fn ask(&mut self, request: &str) -> String {
+        if writeln!(self.requests, "{request}")
+            .and_then(|()| self.requests.flush())
+            .is_err()
+        {
+            return r#"{"error": "the phone has exited"}"#.to_owned();
+        }
+        self.answers
+            .recv_timeout(PHONE_LIMIT)
+            .unwrap_or_else(|_| r#"{"error": "the phone did not answer"}"#.to_owned())
+    }
+
+    /// Ends the phone (its stdin closed, then killed if it lingers) and returns its stderr.
+    fn finish(mut self) -> String {
+        drop(self.requests);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.errors.join().unwrap_or_default()
+    }
+}
+
+/// Longest one phone command may take (its own waits are shorter).
+const PHONE_LIMIT: Duration = Duration::from_secs(90);
+
+/// The Python binding, generated once per test run from the library this test links (built with
+/// the `http` feature, as a dependency of these tests).
+fn python_bindings() -> &'static Path {
+    static GENERATED: OnceLock<PathBuf> = OnceLock::new();
+    GENERATED.get_or_init(|| {
+        let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("phone-bindings");
+        let library = std::env::current_exe()
+            .expect("the test binary")
+            .with_file_name("libcoven_group.so");
+        assert!(library.exists(), "{} was not built", library.display());
+        let _ = std::fs::remove_dir_all(&out);
+        uniffi::generate(uniffi::GenerateOptions {
+            languages: vec![uniffi::TargetLanguage::Python],
+            source: camino::Utf8PathBuf::from_path_buf(library.clone()).expect("a UTF-8 path"),
+            out_dir: camino::Utf8PathBuf::from_path_buf(out.clone()).expect("a UTF-8 path"),
+            config_override: None,
+            format: false,
+            crate_filter: None,
+            metadata_no_deps: false,
+        })
+        .expect("generate the Python binding");
+        std::fs::copy(&library, out.join("libcoven_group.so")).expect("copy the library");
+        out
+    })
 }
 
 #[test]
@@ -341,8 +500,8 @@ fn the_thread_view_in_a_browser() {
     assert!(!scripts.is_empty(), "no browser scripts found");
     for script in scripts {
         // A server per script: each starts from an empty store.
-        let server = BrowserServer::start();
-        let report = run_script(&server, &script);
+        let mut server = BrowserServer::start();
+        let report = run_script(&mut server, &script);
         println!("{report}");
     }
 }

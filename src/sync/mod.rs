@@ -72,6 +72,8 @@ pub trait SyncTransport: Send + Sync {
 /// What one [`Coven::sync`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq, uniffi::Record)]
 pub struct SyncReport {
+    /// The home synced with (learnt from its first answer on first contact).
+    pub home_store_id: Option<String>,
     pub pulls: u64,
     pub pushes: u64,
     /// Mutations sent (a mutation sent twice counts twice).
@@ -435,6 +437,7 @@ impl Coven {
                 break;
             }
         }
+        report.home_store_id = home;
         Ok(report)
     }
 }

@@ -54,6 +54,30 @@ export function control(command) {
   });
 }
 
+/// Sends a command whose answer is JSON (`phone <json>`) and resolves with it parsed; an answer
+/// with `error` rejects.
+export function ask(command) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no answer to ${command}`)), 120000);
+    waiting.push((line) => {
+      clearTimeout(timer);
+      let answer;
+      try {
+        answer = JSON.parse(line);
+      } catch {
+        reject(new Error(`${command}: ${line}`));
+        return;
+      }
+      if (answer.error) reject(new Error(`${command}: ${answer.error}`));
+      else resolve(answer);
+    });
+    process.stdout.write(`@@coven-group-test ${command}\n`);
+  });
+}
+
+/// A command for the phone (see server/tests/browser/phone.py).
+export const phone = (request) => ask(`phone ${JSON.stringify(request)}`);
+
 export function closeControl() {
   answers.close();
 }
