@@ -8,6 +8,11 @@
 // its tail (the latest page of events), so the first screen costs the same for a thread of ten
 // messages or ten thousand; older bubbles are read a page at a time as the user scrolls up.
 //
+// On a phone the group usually lives on the desktop (`coven-group serve`, its home): the phone's
+// store holds a replica, `DesktopSync` keeps it in step over HTTP, and a message sent here goes
+// into the phone's outbox and shows at once as a pending bubble (its echo) until the desktop's
+// event replaces it, in one change. The same `ChatThread` renders a group homed on the phone.
+//
 // In SwiftUI:
 //
 //     List(thread.bubbles) { bubble in
@@ -15,6 +20,7 @@
 //             if bubble.seq == thread.bubbles.first?.seq { Task { await thread.loadEarlier() } }
 //         }
 //     }
+//     ForEach(thread.pending, id: \.txnId) { echo in PendingBubbleView(echo) }  // greyed, "sending…"
 
 import CovenGroup
 import Foundation
@@ -45,12 +51,17 @@ final class ChatThread: ObservableObject {
     @Published private(set) var bubbles: [Bubble] = []
     /// Whether events older than the first bubble exist (scrolling up loads them).
     @Published private(set) var hasEarlier = false
+    /// Messages sent from this phone that its group's home has not applied yet, in send order;
+    /// a failed one carries the reason and whether retrying can help.
+    @Published private(set) var pending: [PendingMessage] = []
     @Published private(set) var lastError: String?
 
     /// Events per page: the tail shown at open, and each page loaded when scrolling up.
     static let pageSize: UInt32 = 50
 
     private let coven: Coven
+    /// Set for a replica of a group homed elsewhere (the desktop): sends go through the outbox.
+    private let sync: DesktopSync?
     /// The rev every bubble reflects; everything after it is applied exactly once.
     private var rev: UInt64 = 0
     private var subscription: Subscription?
@@ -58,12 +69,14 @@ final class ChatThread: ObservableObject {
 
     /// Binds the thread to a group: renders its latest page of events (not the whole history),
     /// then follows it live from the rev that page reflects.
-    init(coven: Coven, groupId: String) throws {
+    init(coven: Coven, groupId: String, sync: DesktopSync? = nil) throws {
         self.coven = coven
         self.groupId = groupId
+        self.sync = sync
         let tail = try coven.getGroupTail(groupId: groupId, limit: Self.pageSize)
         bubbles = tail.events.map(Bubble.init)
         hasEarlier = tail.hasEarlier
+        pending = tail.pending
         rev = tail.rev
         // Keep the handle: dropping a Subscription cancels it.
         subscription = try coven.subscribe(groupId: groupId, afterRev: rev, listener: MainActorListener(self))
@@ -88,10 +101,17 @@ final class ChatThread: ObservableObject {
     /// One prompt to every member. The call returns once the user's message has its seq; the
     /// replies arrive through the listener. Off the main actor: it waits for a durable commit.
     func send(_ text: String) {
-        let coven = coven, groupId = groupId
+        let coven = coven, groupId = groupId, sync = sync
         Task.detached {
             do {
-                _ = try coven.send(groupId: groupId, text: text, author: nil)
+                if let sync {
+                    // A replica: the message is queued durably and echoes at once (through the
+                    // listener: `messagePending`); sync carries it home.
+                    _ = try coven.enqueue(mutation: .send(groupId: groupId, text: text, author: nil))
+                    sync.syncSoon()
+                } else {
+                    _ = try coven.send(groupId: groupId, text: text, author: nil)
+                }
             } catch CovenError.Conflict(let reason) {
                 await self.report("still answering the previous message: \(reason)")
             } catch {
@@ -101,8 +121,30 @@ final class ChatThread: ObservableObject {
     }
 
     func stop() {
-        let coven = coven, groupId = groupId
-        Task.detached { _ = try? coven.cancelTurn(groupId: groupId) }
+        let coven = coven, groupId = groupId, sync = sync
+        Task.detached {
+            if let sync {
+                _ = try? coven.enqueue(mutation: .cancelTurn(groupId: groupId))
+                sync.syncSoon()
+            } else {
+                _ = try? coven.cancelTurn(groupId: groupId)
+            }
+        }
+    }
+
+    /// A failed echo's retry button (a `Conflict`: the previous turn was still running).
+    func retry(_ echo: PendingMessage) {
+        let coven = coven, sync = sync
+        Task.detached {
+            _ = try? coven.retryOutbox(txnId: echo.txnId)
+            sync?.syncSoon()
+        }
+    }
+
+    /// A failed echo's delete button: the message is dropped, and the outbox goes on.
+    func discard(_ echo: PendingMessage) {
+        let coven = coven
+        Task.detached { try? coven.discardOutbox(txnId: echo.txnId) }
     }
 
     /// Scrolling up reached the first bubble: loads the page of events before it. Events never
@@ -141,6 +183,15 @@ final class ChatThread: ObservableObject {
     /// refresh can overlap. A gap (which the library never produces) falls back to a refresh.
     fileprivate func apply(_ changes: [GroupChange]) {
         for change in changes where change.rev > rev {
+            // A replica's reset stands for the whole group as of its rev (the library sends one
+            // when this store took the home's snapshot, or to a reader behind that point).
+            if case .groupReset(_, let events, let echoes) = change.update {
+                rev = change.rev
+                bubbles = events.suffix(Int(Self.pageSize)).map(Bubble.init)
+                hasEarlier = (bubbles.first?.seq ?? 1) > 1
+                pending = echoes
+                continue
+            }
             guard change.rev == rev + 1 else {
                 Task { await refresh() }
                 return
@@ -156,6 +207,21 @@ final class ChatThread: ObservableObject {
             case .groupDeleted:
                 subscription = nil
                 bubbles = []
+                pending = []
+            case .messagePending(let echo):
+                if let index = pending.firstIndex(where: { $0.txnId == echo.txnId }) {
+                    pending[index] = echo  // its send state changed (failed, or retried)
+                } else {
+                    pending.append(echo)
+                }
+            case .messageSent(let txnId, let event):
+                // One change: the echo leaves and the desktop's event takes its place.
+                pending.removeAll { $0.txnId == txnId }
+                upsert(Bubble(event))
+            case .messageDiscarded(let txnId):
+                pending.removeAll { $0.txnId == txnId }
+            case .groupReset:
+                break  // handled above
             case .groupCreated, .groupChanged, .sessionChanged, .sessionSacrificed:
                 break  // the header and member list would observe these
             }
@@ -179,6 +245,60 @@ final class ChatThread: ObservableObject {
     }
 
     private func report(_ message: String) { lastError = message }
+}
+
+/// Keeps this phone's replicas of the desktop's groups in step: the desktop (`coven-group serve
+/// --listen 100.x.y.z:7420` on the user's private network) is their home, reached with the
+/// library's HTTP transport and the desktop's owner token (kept in the Keychain). A sync sends
+/// the outbox in order, then pulls what changed; it runs off the main thread, one at a time,
+/// after every send and on a timer, and an unreachable desktop leaves everything queued
+/// (`CovenError.Unavailable`) for the next one.
+final class DesktopSync: @unchecked Sendable {
+    private let coven: Coven
+    private let transport: SyncTransport
+    private let queue = DispatchQueue(label: "coven.sync")
+    private var home: String?
+    private var timer: DispatchSourceTimer?
+
+    init(coven: Coven, desktop: URL, token: String) throws {
+        self.coven = coven
+        // Each round trip gives up after 15 s, so a sync never hangs on a dead network.
+        transport = try httpSyncTransport(baseUrl: desktop.absoluteString, token: token, timeoutMs: 15_000)
+        let timer = DispatchSource.makeTimerSource(queue: queue)
+        timer.schedule(deadline: .now(), repeating: .seconds(5))
+        timer.setEventHandler { [weak self] in self?.syncNow() }
+        timer.resume()
+        self.timer = timer
+    }
+
+    deinit { timer?.cancel() }
+
+    /// Groups the desktop has (each a replica here), to open with `ChatThread(coven:groupId:sync:)`.
+    func groups() throws -> [GroupConversation] {
+        try coven.listGroups().filter { try coven.homeOf(groupId: $0.id) != nil }
+    }
+
+    /// A new group homed on the desktop; it appears here once the desktop has made it.
+    func createGroup(title: String?, memberIds: [String]) {
+        queue.async { [self] in
+            guard let home else { return syncNow() }
+            _ = try? coven.createGroupAt(homeStoreId: home, title: title, memberIds: memberIds)
+            syncNow()
+        }
+    }
+
+    func syncSoon() { queue.async { [weak self] in self?.syncNow() } }
+
+    /// On `queue` only.
+    private func syncNow() {
+        do {
+            home = try coven.sync(transport: transport, homeStoreId: home).homeStoreId
+        } catch CovenError.Unavailable {
+            // Offline: the outbox keeps every message; the next sync sends it, once.
+        } catch {
+            NSLog("sync with the desktop failed: \(error)")
+        }
+    }
 }
 
 /// The library calls listeners on a delivery thread of its own, never holding a library lock.
