@@ -54,6 +54,7 @@ impl Error {
         }
     }
 
+    #[cfg_attr(not(feature = "http"), allow(dead_code))]
     pub(crate) fn unavailable(reason: impl Into<String>) -> Self {
         Error::Unavailable {
             reason: reason.into(),

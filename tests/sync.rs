@@ -10,7 +10,7 @@ use common::sync::{assert_same_group, sync};
 use common::*;
 use coven_group::{
     Config, Coven, Error, EventKind, GroupPull, GroupUpdate, Mutation, MutationOutcome,
-    OutboxState, PullResponse, SendState, SyncMessage, SYNC_PROTOCOL_VERSION,
+    OutboxState, PullResponse, ReplyErrorKind, SendState, SyncMessage, SYNC_PROTOCOL_VERSION,
 };
 
 fn home_with_familiars(config: Config) -> Arc<Coven> {
@@ -296,6 +296,28 @@ fn a_conflict_comes_back_to_the_echo_and_the_outbox_waits_for_a_retry() {
     );
     assert_same_group(&home, &phone, &group_id);
     assert!(phone.outbox().unwrap().is_empty());
+}
+
+#[test]
+fn a_cancel_from_a_replica_stops_the_turn_at_home() {
+    let (home, group_id, hand) = home_with_a_puppet();
+    let phone = memory_store();
+    sync(&phone, &home);
+    let running = home.send(&group_id, "go on and on".into(), None).unwrap();
+    hand.say("partial ");
+    phone
+        .enqueue(Mutation::CancelTurn {
+            group_id: group_id.clone(),
+        })
+        .unwrap();
+    sync(&phone, &home);
+    assert!(home.wait_turn(&running.turn_id, GUARD).unwrap());
+    let reply = home.get_group(&group_id).unwrap().events.pop().unwrap();
+    assert_eq!(reply.text, "partial ");
+    assert_eq!(reply.error.map(|e| e.kind), Some(ReplyErrorKind::Cancelled));
+    sync(&phone, &home);
+    assert!(phone.outbox().unwrap().is_empty(), "the cancel settled");
+    assert_same_group(&home, &phone, &group_id);
 }
 
 #[test]

@@ -248,7 +248,7 @@ impl World {
             .collect();
         let group = self.pick(&groups).cloned();
         let familiar = FAMILIARS[self.rng.between(0, 3) as usize].to_owned();
-        let (mutation, text): (Mutation, Option<String>) = match (self.rng.between(0, 7), group) {
+        let (mutation, text): (Mutation, Option<String>) = match (self.rng.between(0, 8), group) {
             (0, _) | (_, None) => {
                 let members = self.members();
                 let entry = replica.create_group_at(&self.home.coven.store_id(), None, members);
@@ -295,6 +295,8 @@ impl World {
                 },
                 None,
             ),
+            // The home's turns end before the next step, so a cancel finds none: refused.
+            (7, Some(group_id)) => (Mutation::CancelTurn { group_id }, None),
             (_, Some(group_id)) => (Mutation::DeleteGroup { group_id }, None),
         };
         let group_id = mutation.group_id().to_owned();

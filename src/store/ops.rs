@@ -357,6 +357,18 @@ impl<'txn> Batch<'txn> {
                 ids::to_string(turn.turn_id)
             )));
         }
+        self.remove_timeline(group)?;
+        self.cursors.open_mut()?.retain(|key, _| key.0 != group)?;
+        self.groups.open_mut()?.remove(group)?;
+        self.delete_changes(group)?;
+        self.delete_head(group);
+        self.announce(group, head.next_rev, GroupUpdate::GroupDeleted);
+        Ok(())
+    }
+
+    /// Removes a group's sessions, session index, events and reply chunks (not its record, log,
+    /// head or cursors).
+    pub fn remove_timeline(&mut self, group: u128) -> Result<()> {
         let mut sessions = Vec::new();
         for entry in self
             .group_sessions
@@ -377,11 +389,6 @@ impl<'txn> Batch<'txn> {
         self.reply_chunks
             .open_mut()?
             .retain_in((group, 0, 0)..=(group, u64::MAX, u64::MAX), |_, _| false)?;
-        self.cursors.open_mut()?.retain(|key, _| key.0 != group)?;
-        self.groups.open_mut()?.remove(group)?;
-        self.delete_changes(group)?;
-        self.delete_head(group);
-        self.announce(group, head.next_rev, GroupUpdate::GroupDeleted);
         Ok(())
     }
 

@@ -1073,7 +1073,8 @@ impl<'txn> Batch<'txn> {
     fn apply_snapshot(&mut self, home: u128, group: u128, snapshot: SyncSnapshot) -> Result<u64> {
         let existed = self.replica(group)?.is_some();
         if existed {
-            self.clear_timeline(group)?;
+            // Its log stays (events only grow, so it stays exact); its head keeps its rev.
+            self.remove_timeline(group)?;
         } else {
             self.create_head(group);
         }
@@ -1125,32 +1126,6 @@ impl<'txn> Batch<'txn> {
             &ChangeRecord::Reset { last_seq },
         )?;
         Ok(settled)
-    }
-
-    /// Removes a replica group's events, chunks, sessions and session index (not its log, nor
-    /// its head's rev).
-    fn clear_timeline(&mut self, group: u128) -> Result<()> {
-        let mut sessions = Vec::new();
-        for entry in self
-            .group_sessions
-            .open()?
-            .range((group, 0)..=(group, u128::MAX))?
-        {
-            sessions.push(entry?.0.value().1);
-        }
-        for session in sessions {
-            self.sessions.open_mut()?.remove(session)?;
-        }
-        self.group_sessions
-            .open_mut()?
-            .retain_in((group, 0)..=(group, u128::MAX), |_, _| false)?;
-        self.events
-            .open_mut()?
-            .retain_in((group, 0)..=(group, u64::MAX), |_, _| false)?;
-        self.reply_chunks
-            .open_mut()?
-            .retain_in((group, 0, 0)..=(group, u64::MAX, u64::MAX), |_, _| false)?;
-        Ok(())
     }
 
     /// Deletes a replica group its home deleted, and remembers it so a stale snapshot does not

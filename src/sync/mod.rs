@@ -364,7 +364,13 @@ impl Coven {
         }
         let mut results = Vec::with_capacity(parsed.len());
         for (order, txn, attempt, mutation) in parsed {
-            let result = self.apply_pushed(replica, order, txn, attempt, mutation)?;
+            let delivery = Delivery {
+                replica,
+                order,
+                txn,
+                attempt,
+            };
+            let result = self.apply_pushed(delivery, mutation)?;
             let refused = matches!(result.outcome, MutationOutcome::Refused { .. });
             results.push(result);
             if refused {
@@ -465,46 +471,23 @@ impl Coven {
     }
 
     /// Applies one mutation of a replica once (see [`Coven::serve_push`]).
-    fn apply_pushed(
-        &self,
-        replica: u128,
-        order: u64,
-        txn: u128,
-        attempt: u32,
-        mutation: Mutation,
-    ) -> Result<MutationResult> {
+    fn apply_pushed(&self, delivery: Delivery, mutation: Mutation) -> Result<MutationResult> {
         let group_id = mutation.group_id().to_owned();
-        let refusal = |err: &Error| MutationResult {
-            order,
-            txn_id: ids::to_string(txn),
-            attempt,
-            group_id: group_id.clone(),
-            outcome: match stored::refused(err) {
-                OutcomeRecord::Refused {
-                    reason, retryable, ..
-                } => MutationOutcome::Refused {
-                    code: ErrorCode::of(err),
-                    reason,
-                    retryable,
-                },
-                OutcomeRecord::Applied { .. } => MutationOutcome::AlreadyApplied,
-            },
-        };
         // Malformed input is refused the same way every time: nothing to record.
         let group = match ids::parse("group_id", &group_id).and_then(|group| {
             check_mutation(&mutation)?;
             Ok(group)
         }) {
             Ok(group) => group,
-            Err(err) if is_refusal(&err) => return Ok(refusal(&err)),
+            Err(err) if is_refusal(&err) => return Ok(delivery.refusal(group_id, &err)),
             Err(err) => return Err(err),
         };
         if let Mutation::CancelTurn { .. } = mutation {
-            return self.apply_pushed_cancel(replica, order, txn, attempt, group);
+            return self.apply_pushed_cancel(delivery, group);
         }
         let op = RemoteOp::of(group, mutation);
         let (result, turn) = self.write(move |batch| {
-            if let Some(answer) = batch.remote_answer(replica, order, txn, attempt)? {
+            if let Some(answer) = delivery.answered(batch)? {
                 return Ok((answer, None));
             }
             let (outcome, turn) = match op.apply(batch, group) {
@@ -512,14 +495,7 @@ impl Coven {
                 Err(err) if is_refusal(&err) => (stored::refused(&err), None),
                 Err(err) => return Err(err),
             };
-            let record = ResultRecord {
-                txn,
-                attempt,
-                group,
-                outcome,
-            };
-            batch.record_remote(replica, order, &record)?;
-            Ok((record.result(order), turn))
+            Ok((delivery.record(batch, group, outcome)?, turn))
         })?;
         if let Some((turn_id, start)) = turn {
             self.fanout.dispatch(turn_id, group, start, &self.harnesses);
@@ -530,17 +506,8 @@ impl Coven {
     /// A pushed cancel: the fan-out stops the group's turn, then the answer is recorded. Unlike
     /// the other mutations the two are not one transaction: a home that stops between them
     /// answers a copy of the cancel by cancelling again (the group's turn then, if any).
-    fn apply_pushed_cancel(
-        &self,
-        replica: u128,
-        order: u64,
-        txn: u128,
-        attempt: u32,
-        group: u128,
-    ) -> Result<MutationResult> {
-        if let Some(answer) =
-            self.write(move |batch| batch.remote_answer(replica, order, txn, attempt))?
-        {
+    fn apply_pushed_cancel(&self, delivery: Delivery, group: u128) -> Result<MutationResult> {
+        if let Some(answer) = self.write(move |batch| delivery.answered(batch))? {
             return Ok(answer);
         }
         let cancelled = self
@@ -549,36 +516,75 @@ impl Coven {
                 None => Ok(()),
             })
             .and_then(|()| self.fanout.cancel(group));
-        let outcome = match cancelled {
-            Ok(turn) => OutcomeRecord::Applied {
-                rev: 0,
-                seq: None,
-                turn: Some(turn),
-            },
-            Err(err) if is_refusal(&err) => stored::refused(&err),
+        let (turn, refusal) = match cancelled {
+            Ok(turn) => (Some(turn), None),
+            Err(err) if is_refusal(&err) => (None, Some(stored::refused(&err))),
             Err(err) => return Err(err),
         };
         self.write(move |batch| {
-            if let Some(answer) = batch.remote_answer(replica, order, txn, attempt)? {
+            if let Some(answer) = delivery.answered(batch)? {
                 return Ok(answer);
             }
-            let outcome = match outcome {
-                OutcomeRecord::Applied { seq, turn, .. } => OutcomeRecord::Applied {
+            let outcome = match refusal {
+                Some(refused) => refused,
+                None => OutcomeRecord::Applied {
                     rev: batch.head(group).map(|head| head.rev()).unwrap_or(0),
-                    seq,
+                    seq: None,
                     turn,
                 },
-                refused => refused,
             };
-            let record = ResultRecord {
-                txn,
-                attempt,
-                group,
-                outcome,
-            };
-            batch.record_remote(replica, order, &record)?;
-            Ok(record.result(order))
+            delivery.record(batch, group, outcome)
         })
+    }
+}
+
+/// One mutation of a replica as its home knows it: who sent it, its place in their order, its
+/// transaction and attempt.
+#[derive(Clone, Copy)]
+struct Delivery {
+    replica: u128,
+    order: u64,
+    txn: u128,
+    attempt: u32,
+}
+
+impl Delivery {
+    /// The answer given to it before, if it is a copy of one processed.
+    fn answered(self, batch: &Batch<'_>) -> Result<Option<MutationResult>> {
+        batch.remote_answer(self.replica, self.order, self.txn, self.attempt)
+    }
+
+    /// Records its answer in the batch that applied (or refused) it.
+    fn record(
+        self,
+        batch: &mut Batch<'_>,
+        group: u128,
+        outcome: OutcomeRecord,
+    ) -> Result<MutationResult> {
+        let record = ResultRecord {
+            txn: self.txn,
+            attempt: self.attempt,
+            group,
+            outcome,
+        };
+        batch.record_remote(self.replica, self.order, &record)?;
+        Ok(record.result(self.order))
+    }
+
+    /// The answer to a mutation refused before it reached the store (malformed input).
+    fn refusal(self, group_id: String, err: &Error) -> MutationResult {
+        let code = ErrorCode::of(err);
+        MutationResult {
+            order: self.order,
+            txn_id: ids::to_string(self.txn),
+            attempt: self.attempt,
+            group_id,
+            outcome: MutationOutcome::Refused {
+                code,
+                reason: err.to_string(),
+                retryable: code.retryable(),
+            },
+        }
     }
 }
 
