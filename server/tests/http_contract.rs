@@ -231,6 +231,8 @@ fn bad_group_requests_are_refused_precisely() {
         ("POST", format!("{path}/send")),
         ("POST", "/api/familiars".to_owned()),
         ("POST", "/api/shares".to_owned()),
+        ("POST", "/api/sync/pull".to_owned()),
+        ("POST", "/api/sync/push".to_owned()),
     ] {
         refused(&server, 400, "invalid_request", || {
             raw(method, &target, b"{\"title\": ", "application/json")
@@ -390,6 +392,14 @@ fn oversized_bodies_and_headers_are_refused() {
             "POST",
             &format!("/api/groups/{group}/send"),
             Some(json!({ "text": big })),
+        )
+    });
+    refused(&server, 413, "payload_too_large", || {
+        call(
+            &owner,
+            "POST",
+            "/api/sync/push",
+            Some(json!({ "version": 1, "mutations": [big] })),
         )
     });
     refused(&server, 413, "payload_too_large", || {

@@ -109,6 +109,7 @@ fn sync_needs_the_owner_token_and_refuses_bad_messages_changing_nothing() {
         }
     }
     assert!(phone.list_groups().unwrap().is_empty());
+    assert_eq!(server.fingerprint(), before, "refused syncs change nothing");
 
     // A share token reaches only its groups; a replica needs them all.
     let owner = server.owner();
@@ -121,13 +122,28 @@ fn sync_needs_the_owner_token_and_refuses_bad_messages_changing_nothing() {
         .unwrap();
     assert_eq!(share.status, 201, "{:?}", share.json());
     let share_token = share.json().unwrap()["token"].as_str().unwrap().to_owned();
-    let before_shares = server.fingerprint();
     let reply = server
         .with_token(&share_token)
         .json("POST", "/api/sync/pull", Some(&json!({})))
         .unwrap();
     assert_eq!(reply.status, 403);
     assert_eq!(code(&reply.json().unwrap()), "forbidden");
+    // Revoked, it is refused as unknown.
+    let share_id = share.json().unwrap()["share"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let revoked = owner
+        .json("DELETE", &format!("/api/shares/{share_id}"), None)
+        .unwrap();
+    assert_eq!(revoked.status, 204);
+    let before_shares = server.fingerprint();
+    let reply = server
+        .with_token(&share_token)
+        .json("POST", "/api/sync/push", Some(&json!({})))
+        .unwrap();
+    assert_eq!(reply.status, 401);
+    assert_eq!(code(&reply.json().unwrap()), "unauthorized");
 
     // Malformed messages: 400, with the field named.
     for body in [
@@ -154,7 +170,6 @@ fn sync_needs_the_owner_token_and_refuses_bad_messages_changing_nothing() {
         .unwrap();
     assert_eq!(reply.status, 400);
     assert_eq!(server.fingerprint(), before_shares);
-    let _ = before;
 }
 
 #[test]
