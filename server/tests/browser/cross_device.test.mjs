@@ -70,7 +70,17 @@ async function assertAllAgree(groupId, phoneView) {
   const key = (event) => [event.seq, event.role, event.familiarId ?? null, event.text];
   const expected = server.events.map(key);
   assert.deepEqual(thread.map(key), expected, "the page shows the server's timeline");
-  assert.deepEqual(phoneView.events.map(key), expected, "the phone's replica is the server's timeline");
+  const authored = (event) => [...key(event), event.author ?? null];
+  assert.deepEqual(
+    phoneView.events.map(authored),
+    server.events.map(authored),
+    "the phone's replica is the server's timeline, authors included",
+  );
+  server.events.forEach((event, index) => {
+    if (event.role === "user") {
+      assert.equal(thread[index].name, event.author ?? "You", `author shown on #${event.seq}`);
+    }
+  });
   assert.deepEqual(phoneView.pending, [], "no echo is left on the phone");
   return server;
 }
