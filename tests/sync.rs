@@ -9,8 +9,9 @@ use std::time::Duration;
 use common::sync::{assert_same_group, sync};
 use common::*;
 use coven_group::{
-    Config, Coven, Error, EventKind, GroupPull, GroupUpdate, Mutation, MutationOutcome,
-    OutboxState, PullResponse, ReplyErrorKind, SendState, SyncMessage, SYNC_PROTOCOL_VERSION,
+    Config, Coven, Error, EventKind, GroupChange, GroupListener, GroupPull, GroupUpdate, Mutation,
+    MutationOutcome, OutboxState, PullResponse, ReplyErrorKind, SendState, SyncMessage,
+    SYNC_PROTOCOL_VERSION,
 };
 
 fn home_with_familiars(config: Config) -> Arc<Coven> {
@@ -91,6 +92,78 @@ fn a_send_from_a_replica_is_applied_once_at_home_and_both_timelines_agree() {
     assert_eq!(sent, vec![(entry.txn_id.clone(), users[0].seq)]);
     assert_clean(&phone);
     assert_clean(&home);
+}
+
+/// Forwards every change a subscription delivers.
+struct Forward(crossbeam_channel::Sender<GroupChange>);
+
+impl GroupListener for Forward {
+    fn on_updates(&self, updates: Vec<GroupChange>) -> Result<(), Error> {
+        for update in updates {
+            let _ = self.0.send(update);
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_replica_subscription_sees_the_reset_the_echo_and_the_event_that_replaces_it() {
+    let home = home_with_familiars(Config::default());
+    let group = home.create_group(None, ids(&["ada"]), None).unwrap();
+    home.append_user_message(&group.id, "before the phone".into(), None)
+        .unwrap();
+    let phone = memory_store();
+    sync(&phone, &home);
+    let (sender, delivered) = crossbeam_channel::unbounded();
+    let _subscription = phone
+        .subscribe(&group.id, 0, Arc::new(Forward(sender)))
+        .unwrap();
+    let next = || delivered.recv_timeout(GUARD).expect("a delivered change");
+
+    // From before the reset: the group's state, as one change at the latest rev.
+    let reset = next();
+    assert_eq!(reset.rev, phone.get_group(&group.id).unwrap().rev);
+    match &reset.update {
+        GroupUpdate::GroupReset {
+            events, pending, ..
+        } => {
+            assert_eq!(events.len(), 1);
+            assert!(pending.is_empty());
+        }
+        other => panic!("expected the reset, got {other:?}"),
+    }
+    assert_eq!(
+        changes_after(&phone, &group.id, 0)[0],
+        reset,
+        "a read says the same"
+    );
+
+    let entry = phone.enqueue(append(&group.id, "from the phone")).unwrap();
+    let echo = next();
+    assert_eq!(echo.rev, reset.rev + 1);
+    assert!(matches!(
+        &echo.update,
+        GroupUpdate::MessagePending { message } if message.txn_id == entry.txn_id
+    ));
+
+    sync(&phone, &home);
+    let sent = next();
+    assert_eq!(
+        sent.rev,
+        echo.rev + 1,
+        "the echo is replaced by the next change"
+    );
+    match &sent.update {
+        GroupUpdate::MessageSent { txn_id, event } => {
+            assert_eq!(txn_id, &entry.txn_id);
+            assert_eq!((event.seq, event.text.as_str()), (2, "from the phone"));
+        }
+        other => panic!("expected the message sent, got {other:?}"),
+    }
+    assert!(
+        delivered.try_recv().is_err(),
+        "nothing shows the message twice"
+    );
 }
 
 #[test]
