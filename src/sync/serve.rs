@@ -37,8 +37,10 @@ pub fn pull(
         if head.rev() == rev {
             continue;
         }
-        // A replica new to the group (it asked for a group it created here), or ahead of its
-        // home (a home restored from an older copy), starts from a snapshot too.
+        // A replica new to the group (rev 0: it asked for a group it created here) gets a
+        // snapshot; so does one claiming a rev this home never reached, which the replica then
+        // drops as stale (see "Where it goes next" in docs/design.md: a home restored from an
+        // older copy).
         if rev == 0 || rev > head.rev() || head.rev() - rev > snapshot_after_changes {
             let snapshot = reader.sync_snapshot(group)?;
             budget = budget.saturating_sub(snapshot.events.len() as u64 + 1);
