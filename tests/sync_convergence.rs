@@ -182,16 +182,21 @@ impl World {
         }
     }
 
-    fn home_operation(&mut self) {
-        let home = self.home.coven.clone();
-        let groups: Vec<String> = home
+    /// A random group the store holds (if any) and a random familiar, to operate on.
+    fn target(&mut self, coven: &Coven) -> (Option<String>, &'static str) {
+        let groups: Vec<String> = coven
             .list_groups()
             .unwrap()
             .into_iter()
             .map(|g| g.id)
             .collect();
         let group = self.pick(&groups).cloned();
-        let familiar = FAMILIARS[self.rng.between(0, 3) as usize];
+        (group, FAMILIARS[self.rng.between(0, 3) as usize])
+    }
+
+    fn home_operation(&mut self) {
+        let home = self.home.coven.clone();
+        let (group, familiar) = self.target(&home);
         let result = match (self.rng.between(0, 6), group) {
             (0, _) | (_, None) => {
                 let members = self.members();
@@ -240,14 +245,8 @@ impl World {
                 return;
             }
         }
-        let groups: Vec<String> = replica
-            .list_groups()
-            .unwrap()
-            .into_iter()
-            .map(|g| g.id)
-            .collect();
-        let group = self.pick(&groups).cloned();
-        let familiar = FAMILIARS[self.rng.between(0, 3) as usize].to_owned();
+        let (group, familiar) = self.target(&replica);
+        let familiar = familiar.to_owned();
         let (mutation, text): (Mutation, Option<String>) = match (self.rng.between(0, 8), group) {
             (0, _) | (_, None) => {
                 let members = self.members();
