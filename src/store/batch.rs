@@ -82,6 +82,14 @@ pub struct Batch<'txn> {
     heads: HashMap<u128, HeadSlot>,
     /// Replies that have claimed their seq and are still streaming, across batches.
     pub live: LiveReplies,
+    /// Whether the store may hold replica groups, as the writer knows it across batches. While
+    /// it holds none, a write to a group need not open the replicas table to learn the group is
+    /// homed here (every table a batch opens costs its commit a root update).
+    pub may_hold_replicas: bool,
+    /// What this batch saw of the replicas table: empty or not, when it opened it.
+    pub replicas_table_empty: Option<bool>,
+    /// This batch stored a replica record.
+    pub replica_added: bool,
     /// Text for live replies not yet stored, in arrival order; flushed before any other
     /// operation and at the end of the batch, one delta change per reply.
     pending: Vec<(ReplyKey, String)>,
@@ -116,6 +124,9 @@ impl<'txn> Batch<'txn> {
             changes: LazyTable::new(txn, CHANGES),
             heads: HashMap::new(),
             live: LiveReplies::default(),
+            may_hold_replicas: true,
+            replicas_table_empty: None,
+            replica_added: false,
             pending: Vec::new(),
             published: Vec::new(),
             applied: 0,

@@ -383,6 +383,8 @@ fn serve(
 ) {
     let mut queued: Vec<Queued> = Vec::with_capacity(MAX_BATCH);
     let mut live = LiveReplies::default();
+    // Until a batch finds the replicas table empty, a write checks it (see `Batch`).
+    let mut may_hold_replicas = true;
     let mut unsynced = Unsynced::new(policy);
     // When the open streaming window ends; `None` while nothing streamed is waiting.
     let mut window_end: Option<Instant> = None;
@@ -444,7 +446,14 @@ fn serve(
             && (urgent || stop || window_over || checkpoint_due || queued.len() >= MAX_BATCH)
         {
             let durable = unsynced.due(now);
-            let commit = commit_batch(db, durable, hub, &mut queued, &mut live);
+            let commit = commit_batch(
+                db,
+                durable,
+                hub,
+                &mut queued,
+                &mut live,
+                &mut may_hold_replicas,
+            );
             unsynced.record(commit, now);
             window_end = None;
         } else if checkpoint_due {
@@ -482,6 +491,7 @@ fn commit_batch(
     hub: &dyn Publish,
     queued: &mut Vec<Queued>,
     live: &mut LiveReplies,
+    may_hold_replicas: &mut bool,
 ) -> Commit {
     let started = Instant::now();
     let commands = queued.len();
@@ -499,6 +509,7 @@ fn commit_batch(
     let (outcome, published) = match contain_panic("opening the tables", || Batch::open(&txn)) {
         Ok(mut batch) => {
             batch.live = std::mem::take(live);
+            batch.may_hold_replicas = *may_hold_replicas;
             for item in queued.drain(..) {
                 match item {
                     Queued::Write(op) => {
@@ -524,6 +535,13 @@ fn commit_batch(
                 None => Ok(batch.applied > 0 || !batch.published.is_empty()),
             };
             *live = std::mem::take(&mut batch.live);
+            // Whether the batch committed or not: a replica it added may exist; a table it
+            // found empty held none before it.
+            if batch.replica_added {
+                *may_hold_replicas = true;
+            } else if batch.replicas_table_empty == Some(true) {
+                *may_hold_replicas = false;
+            }
             (outcome, std::mem::take(&mut batch.published))
         }
         Err(err) => {

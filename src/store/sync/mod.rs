@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::time::SystemTime;
 
-use redb::ReadableTable;
+use redb::{ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
 use super::batch::Batch;
@@ -330,12 +330,19 @@ pub fn homed_elsewhere(group: u128, home: u128) -> Error {
 // ---- both sides ----
 
 impl<'txn> Batch<'txn> {
-    pub fn replica(&self, group: u128) -> Result<Option<ReplicaRecord>> {
-        load(self.sync_replicas.open()?, group)
+    pub fn replica(&mut self, group: u128) -> Result<Option<ReplicaRecord>> {
+        if !self.may_hold_replicas && !self.replica_added {
+            return Ok(None);
+        }
+        let table = self.sync_replicas.open()?;
+        if self.replicas_table_empty.is_none() {
+            self.replicas_table_empty = Some(table.is_empty()?);
+        }
+        load(table, group)
     }
 
     /// `Conflict` naming the home when the group is a replica here: a direct write is refused.
-    pub fn ensure_homed_here(&self, group: u128) -> Result<()> {
+    pub fn ensure_homed_here(&mut self, group: u128) -> Result<()> {
         match self.replica(group)? {
             Some(replica) => Err(homed_elsewhere(group, replica.home)),
             None => Ok(()),
@@ -350,6 +357,7 @@ impl<'txn> Batch<'txn> {
     }
 
     fn store_replica(&mut self, group: u128, record: &ReplicaRecord) -> Result<()> {
+        self.replica_added = true;
         self.sync_replicas
             .open_mut()?
             .insert(group, codec::encode(record)?.as_slice())?;
