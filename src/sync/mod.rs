@@ -312,8 +312,8 @@ impl Coven {
     // ---- the home's side ----
 
     /// Answers a replica's pull: for each group it holds, the changes after its cursor (a
-    /// snapshot when it is more than `SNAPSHOT_AFTER_CHANGES` behind), `Deleted` for groups gone
-    /// here, a snapshot of every group homed here it lacks; the familiars they name; the
+    /// snapshot when it is more than `Config::sync_snapshot_after_changes` behind), `Deleted`
+    /// for groups gone here, a snapshot of every group homed here it lacks; every familiar; the
     /// answers to its mutations it has not acknowledged. At most `MAX_PULL_CHANGES` changes
     /// (snapshots count their events); `more` asks it to pull again. One read, as of one commit.
     pub fn serve_pull(&self, request: PullRequest) -> Result<PullResponse> {

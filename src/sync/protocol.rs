@@ -19,9 +19,6 @@ pub const SYNC_PROTOCOL_VERSION: u32 = 1;
 /// pulls again while the answer says `more`.
 pub const MAX_PULL_CHANGES: u64 = 4096;
 
-/// A replica further behind than this many changes gets a snapshot instead of the changes.
-pub const SNAPSHOT_AFTER_CHANGES: u64 = 20_000;
-
 /// Most mutations a replica sends in one push.
 pub const MAX_PUSH_MUTATIONS: u32 = 64;
 
