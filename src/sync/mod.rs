@@ -482,10 +482,10 @@ impl Coven {
             Err(err) if is_refusal(&err) => return Ok(delivery.refusal(group_id, &err)),
             Err(err) => return Err(err),
         };
-        if let Mutation::CancelTurn { .. } = mutation {
+        // A cancel is the fan-out's, not a write of the store.
+        let Some(op) = RemoteOp::of(group, mutation) else {
             return self.apply_pushed_cancel(delivery, group);
-        }
-        let op = RemoteOp::of(group, mutation);
+        };
         let (result, turn) = self.write(move |batch| {
             if let Some(answer) = delivery.answered(batch)? {
                 return Ok((answer, None));
@@ -573,17 +573,12 @@ impl Delivery {
 
     /// The answer to a mutation refused before it reached the store (malformed input).
     fn refusal(self, group_id: String, err: &Error) -> MutationResult {
-        let code = ErrorCode::of(err);
         MutationResult {
             order: self.order,
             txn_id: ids::to_string(self.txn),
             attempt: self.attempt,
             group_id,
-            outcome: MutationOutcome::Refused {
-                code,
-                reason: err.to_string(),
-                retryable: code.retryable(),
-            },
+            outcome: stored::refused(err).outcome(),
         }
     }
 }
@@ -607,9 +602,9 @@ enum RemoteOp {
 }
 
 impl RemoteOp {
-    /// The operation of a mutation other than a cancel (which the fan-out applies).
-    fn of(group: u128, mutation: Mutation) -> Self {
-        match mutation {
+    /// The store operation of a mutation; `None` for a cancel, which the fan-out applies.
+    fn of(group: u128, mutation: Mutation) -> Option<Self> {
+        Some(match mutation {
             Mutation::CreateGroup {
                 title, member_ids, ..
             } => RemoteOp::Create(NewGroup {
@@ -630,8 +625,9 @@ impl RemoteOp {
             Mutation::RenameGroup { title, .. } => RemoteOp::Rename(title),
             Mutation::AddMember { familiar_id, .. } => RemoteOp::AddMember(familiar_id),
             Mutation::RemoveMember { familiar_id, .. } => RemoteOp::RemoveMember(familiar_id),
-            Mutation::DeleteGroup { .. } | Mutation::CancelTurn { .. } => RemoteOp::Delete,
-        }
+            Mutation::DeleteGroup { .. } => RemoteOp::Delete,
+            Mutation::CancelTurn { .. } => return None,
+        })
     }
 
     /// Runs the mutation in the batch, refusing (with nothing written) as the direct call

@@ -287,21 +287,28 @@ impl ResultRecord {
             txn_id: ids::to_string(self.txn),
             attempt: self.attempt,
             group_id: ids::to_string(self.group),
-            outcome: match &self.outcome {
-                OutcomeRecord::Applied { rev, seq, turn } => MutationOutcome::Applied {
-                    rev: *rev,
-                    seq: *seq,
-                    turn_id: turn.map(ids::to_string),
-                },
-                OutcomeRecord::Refused {
-                    code,
-                    reason,
-                    retryable,
-                } => MutationOutcome::Refused {
-                    code: code.code(),
-                    reason: reason.clone(),
-                    retryable: *retryable,
-                },
+            outcome: self.outcome.outcome(),
+        }
+    }
+}
+
+impl OutcomeRecord {
+    /// The outcome as the protocol carries it.
+    pub fn outcome(&self) -> MutationOutcome {
+        match self {
+            OutcomeRecord::Applied { rev, seq, turn } => MutationOutcome::Applied {
+                rev: *rev,
+                seq: *seq,
+                turn_id: turn.map(ids::to_string),
+            },
+            OutcomeRecord::Refused {
+                code,
+                reason,
+                retryable,
+            } => MutationOutcome::Refused {
+                code: code.code(),
+                reason: reason.clone(),
+                retryable: *retryable,
             },
         }
     }
