@@ -512,6 +512,10 @@ fn a_group_deleted_at_home_disappears_from_its_replicas() {
     let phone = memory_store();
     sync(&phone, &home);
     assert_eq!(phone.list_groups().unwrap().len(), 2);
+    // An answer made before the deletion, for this phone as if it held nothing: it carries a
+    // snapshot of each group, and reaches the phone late.
+    let stale = home.serve_pull(phone.pull_request(None).unwrap()).unwrap();
+    assert_eq!(stale.groups.len(), 2);
     home.delete_group(&gone.id).unwrap();
     sync(&phone, &home);
     let left: Vec<String> = phone
@@ -522,7 +526,15 @@ fn a_group_deleted_at_home_disappears_from_its_replicas() {
         .collect();
     assert_eq!(left, vec![keep.id.clone()]);
     expect_not_found(phone.get_group(&gone.id), "group", &gone.id);
-    // A stale answer that still carries the group does not bring it back.
+    // The stale answer's snapshot does not bring the deleted group back.
+    let before = all_changes(&phone, &keep.id);
+    let applied = phone.apply_pull(stale).unwrap();
+    assert_eq!(
+        applied.snapshots, 0,
+        "both snapshots are stale here: {applied:?}"
+    );
+    expect_not_found(phone.get_group(&gone.id), "group", &gone.id);
+    assert_eq!(all_changes(&phone, &keep.id), before);
     assert_clean(&phone);
 }
 
