@@ -2,7 +2,9 @@
 //! at once for a bounded time, 50 subscriptions (half from the start, half joining mid-run from
 //! rev 0, so their backlog is read under load). Afterwards nothing acknowledged is lost, every
 //! turn has one whole reply per member, every subscriber of a group has seen exactly the group's
-//! change log (the same sequence for all of them), the integrity check is clean, and memory is
+//! change log after its start (deltas aside: a subscriber that saw a reply's deltas live and one
+//! that read them collapsed from the log both see text that its finished reply extends), the
+//! integrity check is clean, and memory is
 //! flat: past the warm-up, resident memory grows by less than a small allowance while the store
 //! file keeps growing. redb's page cache is capped for this store (its default of 1 GiB would
 //! make resident memory follow the file), so what is measured is the library's own memory.
@@ -12,7 +14,7 @@
 mod common;
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,27 +53,61 @@ fn reply_text() -> String {
         .join(" ")
 }
 
-/// What a subscriber has seen, without keeping it: a fingerprint of the sequence, its length
-/// and the last rev, so the subscribers' own memory stays flat.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+/// What a subscriber has seen, without keeping it: a fingerprint of every change but the deltas,
+/// their count and the last rev, so the subscribers' own memory stays flat. Deltas are checked as
+/// they come: the text a reply received must be what its finish carries (a subscriber that read
+/// a finished reply's deltas collapsed from the log, or from inside them, gets the rest with the
+/// finish); only replies still streaming keep their text.
+#[derive(Debug, Default, Clone)]
 struct Seen {
     count: u64,
     last_rev: u64,
     fingerprint: u64,
+    /// Text received for replies still streaming, and whether their first output was received
+    /// (a subscriber that started after it holds a piece from the middle).
+    streaming: HashMap<u64, (bool, String)>,
 }
 
 impl Seen {
-    /// Adds the next change; returns false when it does not follow the previous one.
+    /// Adds the next change; returns false when it does not follow what came before.
     fn push(&mut self, change: &GroupChange) -> bool {
-        let follows = change.rev == self.last_rev + 1;
+        let mut follows = change.rev > self.last_rev;
+        self.last_rev = change.rev;
+        match &change.update {
+            GroupUpdate::ReplyDelta { seq, text, .. } => {
+                self.streaming
+                    .entry(*seq)
+                    .or_insert_with(|| (false, String::new()))
+                    .1
+                    .push_str(text);
+                return follows;
+            }
+            GroupUpdate::EventAppended { event } if event.streaming => {
+                self.streaming.insert(event.seq, (true, event.text.clone()));
+            }
+            GroupUpdate::ReplyFinished { event } => {
+                if let Some((whole, received)) = self.streaming.remove(&event.seq) {
+                    follows &= if whole {
+                        event.text.starts_with(&received)
+                    } else {
+                        event.text.contains(&received)
+                    };
+                }
+            }
+            _ => {}
+        }
         let mut hasher = DefaultHasher::new();
         self.fingerprint.hash(&mut hasher);
         change.rev.hash(&mut hasher);
         fingerprint_update(&change.update, &mut hasher);
         self.fingerprint = hasher.finish();
         self.count += 1;
-        self.last_rev = change.rev;
         follows
+    }
+
+    /// What two readers of the same changes agree on: everything but the deltas.
+    fn summary(&self) -> (u64, u64, u64) {
+        (self.count, self.last_rev, self.fingerprint)
     }
 }
 
@@ -110,7 +146,7 @@ fn fingerprint_update(update: &GroupUpdate, hasher: &mut DefaultHasher) {
 
 struct Watcher {
     seen: Mutex<Seen>,
-    /// A change that did not follow the previous one, if any arrived.
+    /// A change that did not follow what came before, if any arrived.
     broken: AtomicBool,
     grew: Condvar,
 }
@@ -140,7 +176,7 @@ impl Watcher {
             );
             seen = self.grew.wait_timeout(seen, left).unwrap().0;
         }
-        *seen
+        seen.clone()
     }
 }
 
@@ -171,7 +207,7 @@ fn logged(coven: &Coven, group: &str, after_rev: u64) -> Seen {
         for change in &page {
             assert!(
                 seen.push(change),
-                "the change log has a hole at {}",
+                "the change log goes back, or a finished reply's text differs from its deltas, at {}",
                 change.rev
             );
         }
@@ -326,10 +362,12 @@ fn two_hundred_groups_under_twenty_senders_and_fifty_subscribers_lose_nothing() 
         let seen = watcher.wait_for(expected.last_rev);
         assert!(
             !watcher.broken.load(Ordering::SeqCst),
-            "a subscriber of group {index} received a change out of order"
+            "a subscriber of group {index} received a change out of order, or text its reply's \
+             finish does not extend"
         );
         assert_eq!(
-            seen, expected,
+            seen.summary(),
+            expected.summary(),
             "subscriber of group {index} from rev {start}"
         );
         subscription.cancel();

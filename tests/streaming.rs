@@ -341,3 +341,185 @@ fn close_commits_the_output_waiting_in_the_window() {
     common::assert_clean_and_idle(&reopened);
     reopened.close();
 }
+
+/// Two members stream interleaved deltas, each delta its own commit (a cursor call commits what
+/// waits in the window), so each reply's deltas hold revs apart from each other. Returns the
+/// group, the turn and the drivers of ada and bo, whose replies are still streaming.
+fn interleaved_replies(coven: &Coven, rounds: usize) -> Interleaved {
+    let (driven, group) = driven_group(coven, &["ada", "bo"]);
+    let (ada, bo) = (driven.driver("ada"), driven.driver("bo"));
+    let turn = coven.send(&group, "go".into(), None).expect("send").turn_id;
+    for round in 0..rounds {
+        ada.delta(["a ", "b ", "c "][round % 3]);
+        bo.delta(["x", "y", "z"][round % 3]);
+        coven.set_cursor(&group, "commit", 0).expect("set a cursor");
+    }
+    Interleaved {
+        _driven: driven,
+        group,
+        turn,
+        ada,
+        bo,
+    }
+}
+
+struct Interleaved {
+    _driven: Arc<Driven>,
+    group: String,
+    turn: String,
+    ada: Driver,
+    bo: Driver,
+}
+
+fn deltas_of(changes: &[GroupChange], seq: u64) -> Vec<u64> {
+    changes
+        .iter()
+        .filter(
+            |change| matches!(change.update, GroupUpdate::ReplyDelta { seq: of, .. } if of == seq),
+        )
+        .map(|change| change.rev)
+        .collect()
+}
+
+#[test]
+fn a_finished_reply_costs_the_log_one_record_for_its_deltas() {
+    const ROUNDS: usize = 12;
+    let coven = Coven::open_in_memory(windowed()).expect("open");
+    let Interleaved {
+        _driven,
+        group,
+        turn,
+        ada,
+        bo,
+    } = interleaved_replies(&coven, ROUNDS);
+    let [ada_seq, bo_seq] = [0, 1].map(|index| replies(&coven, &group)[index].seq);
+    let streaming = changes_after(&coven, &group, 0);
+    // Each reply's first output is its append; every later round is one delta per reply.
+    assert_eq!(deltas_of(&streaming, ada_seq).len(), ROUNDS - 1);
+    assert_eq!(deltas_of(&streaming, bo_seq).len(), ROUNDS - 1);
+
+    ada.finish();
+    coven.set_cursor(&group, "commit", 0).expect("set a cursor");
+    let log = changes_after(&coven, &group, 0);
+    let head = coven.get_group(&group).expect("snapshot").rev;
+    assert_eq!(
+        deltas_of(&log, ada_seq),
+        deltas_of(&streaming, ada_seq)[..1],
+        "ada's deltas are one record at the first one's rev"
+    );
+    assert_eq!(
+        deltas_of(&log, bo_seq),
+        deltas_of(&streaming, bo_seq),
+        "bo still streams"
+    );
+    assert_eq!(log.len() as u64, head - (ROUNDS as u64 - 2));
+    let ada_reply = replies(&coven, &group)[0].clone();
+    assert_eq!(ada_reply.text, "a b c ".repeat(ROUNDS / 3));
+    assert_eq!(
+        common::streamed_text(&log, ada_seq),
+        ada_reply.text,
+        "read from the start, the collapsed deltas carry all of the text"
+    );
+    common::assert_clean(&coven);
+
+    bo.finish();
+    end_turn(&coven, &group, &turn);
+    let log = common::assert_log_replays_the_timeline(&coven, &group);
+    let head = coven.get_group(&group).expect("snapshot").rev;
+    assert_eq!(
+        log.len() as u64,
+        head - 2 * (ROUNDS as u64 - 2),
+        "each finished reply keeps one record of its {} deltas",
+        ROUNDS - 1
+    );
+    common::assert_clean_and_idle(&coven);
+    coven.close();
+}
+
+#[test]
+fn reading_from_inside_collapsed_deltas_delivers_the_finished_reply() {
+    const ROUNDS: usize = 9;
+    let coven = Coven::open_in_memory(windowed()).expect("open");
+    let Interleaved {
+        _driven,
+        group,
+        turn,
+        ada,
+        bo,
+    } = interleaved_replies(&coven, ROUNDS);
+    // Every change as it was published (the backlog, then live), collected from the start.
+    let (live_tx, live) = crossbeam_channel::unbounded();
+    let subscription = coven
+        .subscribe(&group, 0, Arc::new(Collect(live_tx)))
+        .expect("subscribe");
+    let mut published: Vec<GroupChange> = Vec::new();
+    // The backlog is read before anything collapses, so it holds every delta.
+    let streaming_head = coven.get_group(&group).expect("snapshot").rev;
+    while published
+        .last()
+        .is_none_or(|change| change.rev < streaming_head)
+    {
+        published.extend(live.recv_timeout(GUARD).expect("the subscription delivers"));
+    }
+    ada.finish();
+    bo.delta("!");
+    bo.finish();
+    end_turn(&coven, &group, &turn);
+    let snapshot = coven.get_group(&group).expect("snapshot");
+    while published
+        .last()
+        .is_none_or(|change| change.rev < snapshot.rev)
+    {
+        published.extend(live.recv_timeout(GUARD).expect("the subscription delivers"));
+    }
+    subscription.cancel();
+    assert_eq!(
+        common::revs(&published),
+        (1..=snapshot.rev).collect::<Vec<_>>(),
+        "live delivery is every rev, deltas included"
+    );
+    let stored = changes_after(&coven, &group, 0);
+    assert!(stored.len() < published.len(), "the stored log collapsed");
+
+    // A reader that saw the published changes through rev r, from any r (inside a collapsed range
+    // or not), reads the rest from the store and ends with the timeline: no gap, no duplicate.
+    for seen_through in 0..=snapshot.rev {
+        let mut timeline = Vec::new();
+        let seen: Vec<GroupChange> = published
+            .iter()
+            .filter(|change| change.rev <= seen_through)
+            .cloned()
+            .collect();
+        common::apply_changes(&mut timeline, &seen);
+        let rest = changes_after(&coven, &group, seen_through);
+        assert!(rest.iter().all(|change| change.rev > seen_through));
+        common::apply_changes(&mut timeline, &rest);
+        assert_eq!(
+            timeline, snapshot.events,
+            "a reader that had seen through rev {seen_through}"
+        );
+        // A subscription from there delivers what the log holds after it.
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let subscription = coven
+            .subscribe(&group, seen_through, Arc::new(Collect(tx)))
+            .expect("subscribe");
+        let mut delivered: Vec<GroupChange> = Vec::new();
+        while delivered.len() < rest.len() {
+            delivered.extend(rx.recv_timeout(GUARD).expect("the backlog is delivered"));
+        }
+        subscription.cancel();
+        common::assert_same_changes(&delivered, &rest, "a subscription's backlog");
+    }
+    common::assert_clean_and_idle(&coven);
+    coven.close();
+}
+
+/// A listener that forwards every batch.
+struct Collect(Sender<Vec<GroupChange>>);
+
+impl coven_group::GroupListener for Collect {
+    fn on_updates(&self, changes: Vec<GroupChange>) -> coven_group::Result<()> {
+        let _ = self.0.send(changes);
+        Ok(())
+    }
+}

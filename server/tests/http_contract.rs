@@ -453,7 +453,9 @@ fn send_streams_the_turn_with_seq_rev_and_familiar() {
             );
         }
     }
-    // The reconstruction from the frames is the stored timeline's replies.
+    // The reconstruction from the frames is the stored timeline's replies: the text each reply
+    // streamed leads to its finished text (a stream that reads a finished reply's collapsed
+    // deltas from the store gets the rest with the finish), which is the stored one.
     let timeline = server.coven.get_group(&group).unwrap();
     for event in timeline.events.iter().filter(|e| e.familiar_id.is_some()) {
         let streamed: String = frames
@@ -469,7 +471,16 @@ fn send_streams_the_turn_with_seq_rev_and_familiar() {
                     .to_owned()
             })
             .collect();
-        assert_eq!(streamed, event.text);
+        assert!(
+            event.text.starts_with(&streamed),
+            "{streamed:?} does not lead to {:?}",
+            event.text
+        );
+        let finished = frames
+            .iter()
+            .find(|f| f["seq"] == event.seq && f["kind"] == "replyFinished")
+            .expect("the reply's finish");
+        assert_eq!(finished["event"]["text"], event.text.as_str());
     }
 }
 

@@ -1,12 +1,11 @@
 //! A client that drops the events stream at a random frame mid-turn and resumes with
-//! `Last-Event-ID` sees every change exactly once, and its reconstruction of the group equals
-//! `GET /api/groups/{id}`. 200 repetitions, each on a new group with a new turn.
+//! `Last-Event-ID` sees every change exactly once (a reply's deltas that collapsed in the log
+//! meanwhile come as its finish, which carries the whole text), and its reconstruction of the
+//! group equals `GET /api/groups/{id}`. 200 repetitions, each on a new group with a new turn.
 
 mod common;
 
-use std::collections::BTreeMap;
-
-use common::{Options, TestServer};
+use common::{Options, Reconstruction, TestServer};
 use coven_group::Config;
 use coven_group_server::client::{Client, Extra};
 use serde_json::{json, Value};
@@ -19,49 +18,6 @@ fn next(state: &mut u64) -> u64 {
     *state ^= *state << 25;
     *state ^= *state >> 27;
     state.wrapping_mul(0x2545_f491_4f6c_dd1d)
-}
-
-/// What a client rebuilds from the frames: the group and its events by seq.
-#[derive(Default)]
-struct Reconstruction {
-    group: Value,
-    events: BTreeMap<u64, Value>,
-    last_rev: u64,
-}
-
-impl Reconstruction {
-    fn apply(&mut self, id: Option<u64>, frame: &Value, seed: u64) {
-        let rev = id.expect("every change frame has an id");
-        assert_eq!(
-            rev,
-            self.last_rev + 1,
-            "seed {seed}: a gap or a duplicate at {frame}"
-        );
-        assert_eq!(frame["rev"], rev, "seed {seed}: id and rev differ");
-        self.last_rev = rev;
-        match frame["kind"].as_str().unwrap() {
-            "groupCreated" | "groupChanged" => self.group = frame["group"].clone(),
-            "eventAppended" | "replyFinished" => {
-                let event = frame["event"].clone();
-                self.events.insert(event["seq"].as_u64().unwrap(), event);
-            }
-            "replyDelta" => {
-                let event = self
-                    .events
-                    .get_mut(&frame["seq"].as_u64().unwrap())
-                    .expect("a delta follows its reply's start");
-                let text = format!(
-                    "{}{}",
-                    event["text"].as_str().unwrap(),
-                    frame["text"].as_str().unwrap()
-                );
-                event["text"] = json!(text);
-                event["rev"] = json!(rev);
-            }
-            "sessionChanged" | "sessionSacrificed" => {}
-            other => panic!("seed {seed}: unexpected frame kind {other}"),
-        }
-    }
 }
 
 fn open(client: &Client, group: &str, last: Option<u64>) -> coven_group_server::client::Events {
@@ -117,7 +73,7 @@ fn dropped_streams_resume_with_last_event_id_and_reconstruct_the_group() {
         let mut stream = open(&client, &group, None);
         for _ in 0..drop_after {
             let frame = stream.next_frame().unwrap().expect("the stream goes on");
-            rebuilt.apply(frame.id, &frame.data, seed);
+            rebuilt.apply(frame.id, &frame.data, &format!("seed {seed}"));
         }
         drop(stream);
         // Resume from the last id; read until the store's head once the turn is over.
@@ -126,7 +82,7 @@ fn dropped_streams_resume_with_last_event_id_and_reconstruct_the_group() {
         let head = server.coven.get_group(&group).unwrap().rev;
         while rebuilt.last_rev < head {
             let frame = stream.next_frame().unwrap().expect("the stream goes on");
-            rebuilt.apply(frame.id, &frame.data, seed);
+            rebuilt.apply(frame.id, &frame.data, &format!("seed {seed}"));
         }
         let reply = client
             .json("GET", &format!("/api/groups/{group}"), None)

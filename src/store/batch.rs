@@ -251,6 +251,19 @@ impl<'txn> Batch<'txn> {
         Ok(())
     }
 
+    /// Collapses the deltas of a reply that has just finished (see [`records::collapse_deltas`]).
+    pub fn collapse_deltas(
+        &mut self,
+        group: u128,
+        seq: u64,
+        deltas: &[records::StreamedDelta],
+    ) -> Result<()> {
+        if deltas.len() < 2 {
+            return Ok(());
+        }
+        records::collapse_deltas(self.changes.open_mut()?, group, seq, deltas)
+    }
+
     /// Queues text for a live reply, merging it with text already waiting for that reply.
     pub fn queue_delta(&mut self, key: ReplyKey, text: String) {
         match self.pending.iter_mut().find(|(waiting, _)| *waiting == key) {

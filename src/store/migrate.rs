@@ -10,12 +10,12 @@
 //! as that release wrote them are frozen in [`v1`], so the exported types can change without
 //! breaking this migration.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use redb::{Key, ReadableTable, TableDefinition, WriteTransaction};
 
 use super::codec;
-use super::records::{self, ChangeRecord};
+use super::records::{self, ChangeRecord, StreamedDelta};
 use super::tables::*;
 use crate::error::{Error, Result};
 use crate::ids;
@@ -25,14 +25,56 @@ use crate::model;
 /// the current schema version in the same transaction.
 pub fn to_current(txn: &WriteTransaction, from: u64) -> Result<()> {
     match from {
-        1 => from_format_1(txn),
+        1 => from_format_1(txn)?,
         // Schema 3 added the sync tables and change-record variants: every schema-2 value
         // reads as it is, and `init_schema` creates the tables and the store id.
-        2 => Ok(()),
-        other => Err(Error::storage(format!(
-            "store schema version {other} is not a released format this release can upgrade"
-        ))),
+        2 | 3 => {}
+        other => {
+            return Err(Error::storage(format!(
+                "store schema version {other} is not a released format this release can upgrade"
+            )))
+        }
     }
+    // Schema 4 keeps one record for the deltas of a finished reply.
+    collapse_finished_replies(txn)
+}
+
+/// Collapses the deltas of every finished reply into one record (`records::collapse_deltas`).
+/// A replica's reset starts its log over, so only the deltas after a group's latest reset are
+/// a reply's deltas in one run of its text.
+fn collapse_finished_replies(txn: &WriteTransaction) -> Result<()> {
+    let mut streamed: BTreeMap<(u128, u64), Vec<StreamedDelta>> = BTreeMap::new();
+    {
+        let changes = txn.open_table(CHANGES)?;
+        for entry in changes.iter()? {
+            let (key, value) = entry?;
+            let (group, rev) = key.value();
+            match codec::decode::<ChangeRecord>(value.value())? {
+                ChangeRecord::ReplyDelta { seq, start, len } => {
+                    streamed
+                        .entry((group, seq))
+                        .or_default()
+                        .push(StreamedDelta { rev, start, len });
+                }
+                ChangeRecord::Reset { .. } => {
+                    streamed.retain(|(of, _), _| *of != group);
+                }
+                _ => {}
+            }
+        }
+    }
+    let events = txn.open_table(EVENTS)?;
+    let mut changes = txn.open_table(CHANGES)?;
+    for ((group, seq), deltas) in streamed {
+        let finished = match events.get((group, seq))? {
+            Some(value) => !records::decode_event(group, seq, value.value())?.streaming,
+            None => false,
+        };
+        if finished {
+            records::collapse_deltas(&mut changes, group, seq, &deltas)?;
+        }
+    }
+    Ok(())
 }
 
 /// (group, seq or rev).

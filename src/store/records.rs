@@ -378,6 +378,17 @@ pub enum ChangeRecord {
     MessageDiscarded {
         txn: u128,
     },
+    /// (Schema 4; variants are only ever added last, so earlier ones keep their encoding.) The
+    /// `count` deltas a reply streamed, from this rev through `through_rev`, once it has
+    /// finished: read as one `ReplyDelta` at this rev carrying `start..start + len` of its text.
+    /// The other revs of those deltas hold no record (see [`collapse_deltas`]).
+    DeltasCollapsed {
+        seq: u64,
+        start: u64,
+        len: u64,
+        through_rev: u64,
+        count: u64,
+    },
 }
 
 /// A local echo inside a `MessagePending` change record.
@@ -429,6 +440,7 @@ impl ChangeRecord {
         match self {
             ChangeRecord::EventAppended { seq, .. }
             | ChangeRecord::ReplyDelta { seq, .. }
+            | ChangeRecord::DeltasCollapsed { seq, .. }
             | ChangeRecord::ReplyFinished { seq }
             | ChangeRecord::MessageSent { seq, .. } => Some(*seq),
             _ => None,
@@ -483,6 +495,84 @@ impl ChangeRecord {
             },
         })
     }
+}
+
+/// One delta a reply streamed: its rev and the byte range of the reply's text it carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamedDelta {
+    pub rev: u64,
+    pub start: u64,
+    pub len: u64,
+}
+
+/// Collapses the deltas of a finished reply (in rev order) into one `DeltasCollapsed` record at
+/// the first one's rev and removes the others, so a finished reply costs the log O(1) entries
+/// whatever its length. A reader from before the first rev reads all that text as one delta; a
+/// reader from inside the range reads on to the reply's `ReplyFinished`, which carries the whole
+/// event: no gap, no duplicate. Each removed record must be a delta of this reply (anything else
+/// is corruption, and the batch aborts). Fewer than two deltas are left as they are.
+pub fn collapse_deltas(
+    changes: &mut redb::Table<'_, (u128, u64), &'static [u8]>,
+    group: u128,
+    seq: u64,
+    deltas: &[StreamedDelta],
+) -> Result<()> {
+    let (Some(first), Some(last)) = (deltas.first(), deltas.last()) else {
+        return Ok(());
+    };
+    if deltas.len() < 2 {
+        return Ok(());
+    }
+    if let Some(pair) = deltas
+        .windows(2)
+        .find(|pair| pair[1].start != pair[0].start + pair[0].len)
+    {
+        return Err(Error::storage(format!(
+            "corrupt store: the deltas of reply {seq} of group {} at revs {} and {} do not follow \
+             each other in its text",
+            ids::to_string(group),
+            pair[0].rev,
+            pair[1].rev
+        )));
+    }
+    for delta in deltas {
+        let removed = changes.remove((group, delta.rev))?;
+        let record = match removed {
+            Some(bytes) => codec::decode::<ChangeRecord>(bytes.value())?,
+            None => {
+                return Err(Error::storage(format!(
+                    "corrupt store: reply {seq} of group {} streamed at rev {}, which the log \
+                     does not hold",
+                    ids::to_string(group),
+                    delta.rev
+                )))
+            }
+        };
+        let expected = ChangeRecord::ReplyDelta {
+            seq,
+            start: delta.start,
+            len: delta.len,
+        };
+        if record != expected {
+            return Err(Error::storage(format!(
+                "corrupt store: change {} of group {} is {record:?}, where reply {seq} streamed \
+                 bytes {}..{}",
+                delta.rev,
+                ids::to_string(group),
+                delta.start,
+                delta.start + delta.len
+            )));
+        }
+    }
+    let collapsed = ChangeRecord::DeltasCollapsed {
+        seq,
+        start: first.start,
+        len: (last.start + last.len).saturating_sub(first.start),
+        through_rev: last.rev,
+        count: deltas.len() as u64,
+    };
+    changes.insert((group, first.rev), codec::encode(&collapsed)?.as_slice())?;
+    Ok(())
 }
 
 /// A forward range over a group's events.
@@ -589,11 +679,6 @@ where
         Ok(event)
     }
 
-    /// The change stored at `rev` with these bytes, as it was published.
-    pub fn update(&mut self, rev: u64, bytes: &[u8]) -> Result<GroupUpdate> {
-        self.rebuild(rev, codec::decode(bytes)?)
-    }
-
     /// The change stored at `rev` as this record, as it was published. A `Reset` is not rebuilt
     /// here: it stands for a whole group state, which `Reader::changes` reads.
     pub fn rebuild(&mut self, rev: u64, record: ChangeRecord) -> Result<GroupUpdate> {
@@ -630,7 +715,10 @@ where
                 event.rev = rev;
                 GroupUpdate::EventAppended { event }
             }
-            ChangeRecord::ReplyDelta { seq, start, len } => {
+            ChangeRecord::ReplyDelta { seq, start, len }
+            | ChangeRecord::DeltasCollapsed {
+                seq, start, len, ..
+            } => {
                 let event = self.event(seq, rev)?;
                 let range = usize::try_from(start)
                     .ok()

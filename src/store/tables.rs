@@ -1,4 +1,4 @@
-//! Table layout (schema 2). Keys are native redb tuples so every range scan comes back in seq or
+//! Table layout (schema 4). Keys are native redb tuples so every range scan comes back in seq or
 //! rev order without decoding; values are codec-encoded storage records (`records`), never the
 //! exported types.
 //!
@@ -10,7 +10,8 @@
 //! | heads          | group                    | `Head`: next seq, next rev, last activity    |
 //! | events         | (group, seq)             | `EventRecord` (a streaming reply has no text)|
 //! | reply_chunks   | (group, seq, rev)        | (offset in the reply, text) streamed at rev  |
-//! | changes        | (group, rev)             | `ChangeRecord` (refers to its event's text)  |
+//! | changes        | (group, rev)             | `ChangeRecord` (refers to its event's text;  |
+//! |                |                          | a finished reply's deltas are one record)    |
 //! | sessions       | session                  | `SessionRecord`                              |
 //! | group_sessions | (group, session)         | ()                                           |
 //! | cursors        | (group, consumer)        | u64 rev                                      |
@@ -24,8 +25,9 @@
 //! | sync_clients   | replica store            | u64 last order applied (at a home)           |
 //! | sync_results   | (replica, order)         | `ResultRecord` until acknowledged            |
 //!
-//! A streaming reply keeps its text as chunks keyed by rev, so storing n bytes costs O(n) and
-//! finishing it writes the whole text once.
+//! A streaming reply keeps its text as chunks keyed by the rev of the delta that wrote each, so
+//! storing n bytes costs O(n), and finishing it writes the whole text once and collapses its
+//! deltas' change records into one.
 
 use std::time::SystemTime;
 
@@ -74,7 +76,7 @@ pub const STORE_ID_KEY: &str = "store_id";
 pub const SCHEMA_KEY: &str = "schema_version";
 /// Schema this release writes; a file with a larger one is refused, one with a smaller one is
 /// migrated (see `migrate`).
-pub const SCHEMA_VERSION: u64 = 3;
+pub const SCHEMA_VERSION: u64 = 4;
 
 /// Where a group's sequences stand. Invariant: every seq in `1..next_seq` and every rev in
 /// `1..next_rev` has been assigned exactly once, in one committed transaction each.

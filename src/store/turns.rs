@@ -222,9 +222,9 @@ impl<'txn> Batch<'txn> {
         Ok(())
     }
 
-    /// Turns a streaming reply into its final event: the chunks are joined once and removed (the
-    /// delta records, ranges of the reply's text, hold for the final text as they did for the
-    /// chunks).
+    /// Turns a streaming reply into its final event: the chunks are joined once and removed, and
+    /// the deltas they were streamed by collapse into one change record (ranges of the reply's
+    /// text hold for the final text as they did for the chunks).
     fn finalize_streaming(
         &mut self,
         group: u128,
@@ -240,15 +240,7 @@ impl<'txn> Batch<'txn> {
                 )))
             }
         };
-        let range = (group, seq, 0)..=(group, seq, u64::MAX);
-        let mut text = String::new();
-        for entry in self.reply_chunks.open()?.range(range.clone())? {
-            text.push_str(entry?.1.value().1);
-        }
-        self.reply_chunks
-            .open_mut()?
-            .retain_in(range, |_, _| false)?;
-        event.text = text;
+        event.text = self.take_streamed_text(group, seq, event.rev)?;
         event.streaming = false;
         event.error = error;
         event.rev = self.peek_rev(group)?;
@@ -262,6 +254,39 @@ impl<'txn> Batch<'txn> {
             },
         )?;
         Ok(event)
+    }
+
+    /// A finishing reply's text, joined from its chunks, which are removed; the deltas that
+    /// streamed them collapse into one change record. `appended_rev` is the stored reply's rev:
+    /// its first chunk, if any, was written there with the event (its first output, or its text
+    /// when a replica's reset wrote it), by no delta.
+    pub(super) fn take_streamed_text(
+        &mut self,
+        group: u128,
+        seq: u64,
+        appended_rev: u64,
+    ) -> Result<String> {
+        let range = (group, seq, 0)..=(group, seq, u64::MAX);
+        let mut text = String::new();
+        let mut deltas = Vec::new();
+        for entry in self.reply_chunks.open()?.range(range.clone())? {
+            let (key, chunk) = entry?;
+            let (start, chunk) = chunk.value();
+            let rev = key.value().2;
+            if rev != appended_rev {
+                deltas.push(records::StreamedDelta {
+                    rev,
+                    start,
+                    len: chunk.len() as u64,
+                });
+            }
+            text.push_str(chunk);
+        }
+        self.reply_chunks
+            .open_mut()?
+            .retain_in(range, |_, _| false)?;
+        self.collapse_deltas(group, seq, &deltas)?;
+        Ok(text)
     }
 
     /// Repairs what a crash left running: processes of unfinished harness runs are stopped,

@@ -19,7 +19,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use coven_group::{
     AdoptedMember, Config, Coven, Error, EventKind, Familiar, GroupChange, GroupConversation,
-    GroupEvent, GroupSnapshot, HistoryMessage, HistoryRole, IntegrityReport, Session, MAX_PAGE,
+    GroupEvent, GroupSnapshot, GroupUpdate, HistoryMessage, HistoryRole, IntegrityReport, Session,
+    MAX_PAGE,
 };
 use tempfile::TempDir;
 
@@ -198,6 +199,124 @@ pub fn assert_rev_contiguous(coven: &Coven, group_id: &str) -> Vec<GroupChange> 
         assert_eq!(change.group_id, group_id);
     }
     changes
+}
+
+/// Applies changes in order to a timeline, as a client does: an appended event (or a sent
+/// echo's event) takes the next seq, a delta extends its streaming reply, a finish replaces the
+/// reply whole. Panics on a change that does not fit what was applied before it.
+#[track_caller]
+pub fn apply_changes(timeline: &mut Vec<GroupEvent>, changes: &[GroupChange]) {
+    for change in changes {
+        match &change.update {
+            GroupUpdate::EventAppended { event } | GroupUpdate::MessageSent { event, .. } => {
+                assert_eq!(
+                    event.seq,
+                    timeline.len() as u64 + 1,
+                    "rev {} appends seq {} after {} events",
+                    change.rev,
+                    event.seq,
+                    timeline.len()
+                );
+                timeline.push(event.clone());
+            }
+            GroupUpdate::ReplyDelta { seq, text, .. } => {
+                let reply = timeline
+                    .get_mut(*seq as usize - 1)
+                    .unwrap_or_else(|| panic!("rev {} streams into missing {seq}", change.rev));
+                assert!(
+                    reply.streaming,
+                    "rev {} streams into finished reply {seq}",
+                    change.rev
+                );
+                reply.text.push_str(text);
+                reply.rev = change.rev;
+            }
+            GroupUpdate::ReplyFinished { event } => {
+                let reply = timeline
+                    .get_mut(event.seq as usize - 1)
+                    .unwrap_or_else(|| panic!("rev {} finishes missing {}", change.rev, event.seq));
+                assert!(
+                    event.text.starts_with(&reply.text),
+                    "rev {} finishes reply {} with text that does not extend what streamed",
+                    change.rev,
+                    event.seq
+                );
+                *reply = event.clone();
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The group's change log read from rev 0: revs rise to the head's (a finished reply's deltas
+/// are one record, so they may skip), replaying it builds exactly the stored timeline, and a
+/// finished reply reads as at most one delta.
+pub fn assert_log_replays_the_timeline(coven: &Coven, group_id: &str) -> Vec<GroupChange> {
+    let snapshot = coven.get_group(group_id).expect("get_group");
+    let changes = all_changes(coven, group_id);
+    assert!(
+        changes.windows(2).all(|pair| pair[0].rev < pair[1].rev),
+        "revs rise: {:?}",
+        revs(&changes)
+    );
+    assert_eq!(changes.last().map(|change| change.rev), Some(snapshot.rev));
+    let mut timeline = Vec::new();
+    apply_changes(&mut timeline, &changes);
+    assert_eq!(
+        timeline, snapshot.events,
+        "the log replays into the timeline"
+    );
+    for reply in timeline.iter().filter(|event| !event.streaming) {
+        let deltas = changes
+            .iter()
+            .filter(|change| {
+                matches!(change.update, GroupUpdate::ReplyDelta { seq, .. } if seq == reply.seq)
+            })
+            .count();
+        assert!(
+            deltas <= 1,
+            "finished reply {} reads as {deltas} deltas, not one",
+            reply.seq
+        );
+    }
+    changes
+}
+
+/// What a reader received from rev `start` on (a subscription, a long-poll, pages of
+/// `changes_since`), checked against the documented delivery rule: revs rise past `start`; every
+/// change but a delta is the one the log holds at its rev; and the deltas, applied to the timeline
+/// as of `start` (`at_start`) with everything else, build exactly the group's timeline now. A
+/// reader that saw a reply's deltas live and one that read them collapsed from the log both pass;
+/// a lost, repeated or reordered change fails (a missing or repeated delta leaves text the
+/// finished reply does not extend, see [`apply_changes`]).
+#[track_caller]
+pub fn assert_delivered_from(
+    coven: &Coven,
+    group_id: &str,
+    start: u64,
+    at_start: &[GroupEvent],
+    received: &[GroupChange],
+    what: &str,
+) {
+    assert!(
+        received.first().is_none_or(|first| first.rev > start)
+            && received.windows(2).all(|pair| pair[0].rev < pair[1].rev),
+        "{what}: revs do not rise past {start}: {:?}",
+        revs(received)
+    );
+    let not_deltas = |changes: &[GroupChange]| -> Vec<GroupChange> {
+        changes
+            .iter()
+            .filter(|change| !matches!(change.update, GroupUpdate::ReplyDelta { .. }))
+            .cloned()
+            .collect()
+    };
+    let logged = changes_after(coven, group_id, start);
+    assert_same_changes(&not_deltas(received), &not_deltas(&logged), what);
+    let mut timeline = at_start.to_vec();
+    apply_changes(&mut timeline, received);
+    let now = coven.get_group(group_id).expect("get_group");
+    assert_eq!(timeline, now.events, "{what}: the timeline it builds");
 }
 
 /// Everything the public API can read from a store.

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use coven_group::{Config, Coven, Familiar};
 use coven_group_server::client::{Client, Endpoint};
 use coven_group_server::{Bound, Limits, Listen, Server};
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
 /// Familiars every test server registers: three scripted ones with short replies.
@@ -214,4 +215,68 @@ impl Drop for TestServer {
 /// The `error.code` of an error response.
 pub fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("<none>")
+}
+
+/// What a client rebuilds from change frames: the group and its events by seq. Revs must rise
+/// (they may skip: a finished reply's deltas are one record in the log), a delta must extend a
+/// reply still streaming, and a reply's finish must extend the text its deltas brought; so a lost,
+/// repeated or reordered frame fails, while a reader that read collapsed deltas passes.
+#[derive(Debug, Default, PartialEq)]
+pub struct Reconstruction {
+    pub group: Value,
+    pub events: BTreeMap<u64, Value>,
+    pub last_rev: u64,
+}
+
+impl Reconstruction {
+    /// Applies one frame; `context` names the run in a failure.
+    #[track_caller]
+    pub fn apply(&mut self, id: Option<u64>, frame: &Value, context: &str) {
+        let rev = id.expect("every change frame has an id");
+        assert!(
+            rev > self.last_rev,
+            "{context}: rev {rev} after {}: a duplicate or a step back at {frame}",
+            self.last_rev
+        );
+        assert_eq!(frame["rev"], rev, "{context}: id and rev differ");
+        self.last_rev = rev;
+        match frame["kind"].as_str().unwrap() {
+            "groupCreated" | "groupChanged" => self.group = frame["group"].clone(),
+            "eventAppended" => {
+                let event = frame["event"].clone();
+                self.events.insert(event["seq"].as_u64().unwrap(), event);
+            }
+            "replyFinished" => {
+                let event = frame["event"].clone();
+                let seq = event["seq"].as_u64().unwrap();
+                if let Some(streamed) = self.events.get(&seq) {
+                    let streamed = streamed["text"].as_str().unwrap();
+                    assert!(
+                        event["text"].as_str().unwrap().starts_with(streamed),
+                        "{context}: reply {seq} finished with text its deltas do not lead to"
+                    );
+                }
+                self.events.insert(seq, event);
+            }
+            "replyDelta" => {
+                let event = self
+                    .events
+                    .get_mut(&frame["seq"].as_u64().unwrap())
+                    .expect("a delta follows its reply's start");
+                assert_eq!(
+                    event["streaming"], true,
+                    "{context}: a delta after its reply finished"
+                );
+                let text = format!(
+                    "{}{}",
+                    event["text"].as_str().unwrap(),
+                    frame["text"].as_str().unwrap()
+                );
+                event["text"] = json!(text);
+                event["rev"] = json!(rev);
+            }
+            "sessionChanged" | "sessionSacrificed" => {}
+            other => panic!("{context}: unexpected frame kind {other}"),
+        }
+    }
 }

@@ -2,21 +2,48 @@
 //! tables, and expects the check to name that corruption.
 
 use std::path::PathBuf;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use redb::{Database, WriteTransaction};
 
 use super::*;
+use crate::harness::{Harness, ReplySink, TurnRequest};
 use crate::model::{Config, Familiar};
 use crate::Coven;
+
+/// Streams its reply word by word and has each word committed before the next (a cursor call
+/// commits what waits in the streaming window), so its deltas are changes of their own, which
+/// collapse into one record when the reply finishes.
+#[derive(Default)]
+struct Stepper(OnceLock<Weak<Coven>>);
+
+const STEPPED: [&str; 4] = ["one ", "two ", "three ", "four"];
+
+impl Harness for Stepper {
+    fn run_turn(&self, request: TurnRequest, sink: Arc<ReplySink>) -> Result<bool> {
+        let coven = self
+            .0
+            .get()
+            .and_then(Weak::upgrade)
+            .ok_or(crate::Error::Closed)?;
+        for word in STEPPED {
+            sink.delta(word.to_owned());
+            coven.set_cursor(&request.group_id, "stepper", 0)?;
+        }
+        Ok(true)
+    }
+}
 
 /// A healthy store file with turns, membership changes, a rename, a cursor, an adopted group
 /// and a deleted one, and the ids the tests corrupt.
 struct Base {
     _dir: tempfile::TempDir,
     path: PathBuf,
-    /// A group with a finished turn (seq 1 user, 2 and 3 replies), then more events.
+    /// A group with a finished turn (seq 1 user, 2 and 3 replies), then more events, and a
+    /// second turn whose reply `stepped` streamed its deltas in commits of their own.
     group: u128,
+    stepped: u64,
     deleted: u128,
     counter: std::sync::atomic::AtomicUsize,
 }
@@ -25,9 +52,13 @@ impl Base {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("base.redb");
-        let coven = Coven::open(&path, Config::default()).unwrap();
+        let coven = Arc::new(Coven::open(&path, Config::default()).unwrap());
+        let stepper = Arc::new(Stepper::default());
+        stepper.0.set(Arc::downgrade(&coven)).unwrap();
+        coven.register_host_harness("stepper", stepper).unwrap();
         for id in ["ada", "bo", "cy"] {
-            let mut familiar = Familiar::new(id, id.to_uppercase(), "scripted");
+            let harness = if id == "cy" { "stepper" } else { "scripted" };
+            let mut familiar = Familiar::new(id, id.to_uppercase(), harness);
             familiar.model = Some("words:5".into());
             coven.register_familiar(familiar).unwrap();
         }
@@ -44,6 +75,18 @@ impl Base {
         coven.rename_group(&group.id, "renamed".into()).unwrap();
         coven.add_member(&group.id, "cy").unwrap();
         coven.remove_member(&group.id, "bo").unwrap();
+        let turn = coven.send(&group.id, "again".into(), None).unwrap();
+        assert!(coven
+            .wait_turn(&turn.turn_id, Duration::from_secs(30))
+            .unwrap());
+        let snapshot = coven.get_group(&group.id).unwrap();
+        let stepped = snapshot
+            .events
+            .iter()
+            .find(|event| event.familiar_id.as_deref() == Some("cy"))
+            .unwrap();
+        assert_eq!(stepped.text, STEPPED.concat());
+        let stepped = stepped.seq;
         let rev = coven.get_group(&group.id).unwrap().rev;
         coven.set_cursor(&group.id, "phone", rev).unwrap();
         let deleted = coven.create_group(None, vec!["ada".into()], None).unwrap();
@@ -58,6 +101,7 @@ impl Base {
             _dir: dir,
             path,
             group: ids::parse("id", &group.id).unwrap(),
+            stepped,
             deleted: ids::parse("id", &deleted.id).unwrap(),
             counter: Default::default(),
         }
@@ -150,7 +194,7 @@ fn a_healthy_store_is_clean_and_counted() {
     assert_eq!(report.groups, 1);
     assert_eq!(report.familiars, 3);
     assert_eq!(report.sessions, 3, "ada, cy and the archived bo");
-    assert_eq!(report.cursors, 1);
+    assert_eq!(report.cursors, 2, "the phone's and the stepper's");
     assert!(report.events >= 7, "{report:?}");
     assert!(report.changes > report.events, "{report:?}");
 }
@@ -218,7 +262,14 @@ fn an_event_rewritten_behind_the_log_is_caught() {
         let mut delta = None;
         for entry in changes.range((group, 0)..=(group, u64::MAX)).unwrap() {
             let (key, value) = entry.unwrap();
-            if let Ok(stored::ChangeRecord::ReplyDelta { seq, .. }) = codec::decode(value.value()) {
+            if let Some(seq) = codec::decode(value.value())
+                .ok()
+                .and_then(|record| match record {
+                    stored::ChangeRecord::ReplyDelta { seq, .. }
+                    | stored::ChangeRecord::DeltasCollapsed { seq, .. } => Some(seq),
+                    _ => None,
+                })
+            {
                 delta = Some((key.value().1, seq));
                 break;
             }
@@ -436,4 +487,179 @@ fn problems_beyond_the_limit_are_counted() {
     assert_eq!(report.problems.len(), MAX_INTEGRITY_PROBLEMS);
     assert_eq!(report.problems_omitted, 5);
     assert!(!report.is_clean());
+}
+
+/// The `DeltasCollapsed` record of a finished reply, and its rev.
+fn collapsed(txn: &WriteTransaction, group: u128, reply: u64) -> (u64, stored::ChangeRecord) {
+    let changes = txn.open_table(CHANGES).unwrap();
+    for entry in changes.range((group, 0)..=(group, u64::MAX)).unwrap() {
+        let (key, value) = entry.unwrap();
+        let record: stored::ChangeRecord = codec::decode(value.value()).unwrap();
+        if matches!(record, stored::ChangeRecord::DeltasCollapsed { seq, .. } if seq == reply) {
+            return (key.value().1, record);
+        }
+    }
+    panic!("reply {reply} has no collapsed deltas");
+}
+
+fn write_change(txn: &WriteTransaction, group: u128, rev: u64, record: &stored::ChangeRecord) {
+    txn.open_table(CHANGES)
+        .unwrap()
+        .insert((group, rev), codec::encode(record).unwrap().as_slice())
+        .unwrap();
+}
+
+#[test]
+fn collapsed_deltas_must_account_for_exactly_the_revs_the_log_lacks() {
+    let base = Base::new();
+    let (group, reply) = (base.group, base.stepped);
+    let healthy = base.check_after(|txn| {
+        let (_, record) = collapsed(txn, group, reply);
+        let stored::ChangeRecord::DeltasCollapsed { count, .. } = record else {
+            unreachable!()
+        };
+        assert_eq!(
+            count,
+            STEPPED.len() as u64 - 1,
+            "every delta after the first output"
+        );
+    });
+    assert!(healthy.is_clean_and_idle(), "{healthy:#?}");
+
+    let removed = base.check_after(|txn| {
+        let (rev, _) = collapsed(txn, group, reply);
+        txn.open_table(CHANGES)
+            .unwrap()
+            .remove((group, rev))
+            .unwrap();
+    });
+    expect(&removed, Kind::RevIndex, "no collapsed deltas account for");
+
+    let resized = |more_revs: u64, more_deltas: u64| {
+        base.check_after(|txn| {
+            let (rev, record) = collapsed(txn, group, reply);
+            let stored::ChangeRecord::DeltasCollapsed {
+                seq,
+                start,
+                len,
+                through_rev,
+                count,
+            } = record
+            else {
+                unreachable!()
+            };
+            let record = stored::ChangeRecord::DeltasCollapsed {
+                seq,
+                start,
+                len,
+                through_rev: through_rev + more_revs,
+                count: count + more_deltas,
+            };
+            write_change(txn, group, rev, &record);
+        })
+    };
+    // One delta more than the log lacks, in a range that could hold it.
+    expect(
+        &resized(1, 1),
+        Kind::RevIndex,
+        "stand for 1 revs that the change log still holds",
+    );
+    // More deltas than revs in its range.
+    expect(
+        &resized(0, 1),
+        Kind::RevIndex,
+        "which that range cannot hold",
+    );
+}
+
+#[test]
+fn collapsed_deltas_of_a_reply_still_streaming_are_caught() {
+    let base = Base::new();
+    let (group, reply) = (base.group, base.stepped);
+    let report = base.check_after(|txn| {
+        let mut event = read(txn, group, reply);
+        let text = std::mem::take(&mut event.text);
+        event.streaming = true;
+        write_event(txn, group, &event);
+        txn.open_table(REPLY_CHUNKS)
+            .unwrap()
+            .insert((group, reply, event.rev), (0, text.as_str()))
+            .unwrap();
+    });
+    expect(
+        &report,
+        Kind::RevIndex,
+        &format!("deltas of reply {reply}, which is still streaming"),
+    );
+}
+
+/// A store of schema 3 kept a finished reply's deltas as records of their own; opening it
+/// collapses them (`migrate`), and the upgraded log reads and checks as the current code writes it.
+#[test]
+fn a_schema_3_log_of_separate_deltas_collapses_when_opened() {
+    let base = Base::new();
+    let (group, reply) = (base.group, base.stepped);
+    let path = base.path.with_file_name("schema-3.redb");
+    std::fs::copy(&base.path, &path).unwrap();
+    let first_rev = {
+        let db = Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        let (rev, record) = collapsed(&txn, group, reply);
+        let stored::ChangeRecord::DeltasCollapsed {
+            start, through_rev, ..
+        } = record
+        else {
+            unreachable!()
+        };
+        // The revs it stands for are the ones in its range the log lacks.
+        let held: Vec<u64> = txn
+            .open_table(CHANGES)
+            .unwrap()
+            .range((group, rev + 1)..=(group, through_rev))
+            .unwrap()
+            .map(|entry| entry.unwrap().0.value().1)
+            .collect();
+        let revs = (rev..=through_rev).filter(|rev| !held.contains(rev));
+        let mut offset = start;
+        for (rev, word) in revs.zip(&STEPPED[1..]) {
+            let delta = stored::ChangeRecord::ReplyDelta {
+                seq: reply,
+                start: offset,
+                len: word.len() as u64,
+            };
+            write_change(&txn, group, rev, &delta);
+            offset += word.len() as u64;
+        }
+        txn.open_table(META).unwrap().insert(SCHEMA_KEY, 3).unwrap();
+        txn.commit().unwrap();
+        rev
+    };
+
+    let coven = Coven::open(&path, Config::default()).unwrap();
+    let report = coven.check().unwrap();
+    assert!(report.is_clean_and_idle(), "{report:#?}");
+    let group_id = ids::to_string(group);
+    let changes = coven.changes_since(&group_id, 0, 1_000).unwrap();
+    let deltas: Vec<(u64, &str)> = changes
+        .iter()
+        .filter_map(|change| match &change.update {
+            GroupUpdate::ReplyDelta { seq, text, .. } if *seq == reply => {
+                Some((change.rev, text.as_str()))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(deltas, [(first_rev, STEPPED[1..].concat().as_str())]);
+    coven.close();
+    let db = Database::create(&path).unwrap();
+    let txn = db.begin_write().unwrap();
+    assert_eq!(
+        txn.open_table(META)
+            .unwrap()
+            .get(SCHEMA_KEY)
+            .unwrap()
+            .unwrap()
+            .value(),
+        SCHEMA_VERSION
+    );
 }

@@ -45,7 +45,7 @@ impl Check {
         let group_id = ids::to_string(group);
         let mut stored = self.events(reader, group, &group_id, head)?;
         self.chunks(reader, group, head, turn, &mut stored)?;
-        let logged = self.changes(reader, group, &group_id, head, &stored)?;
+        let logged = self.changes(reader, group, &group_id, head, &stored, replica)?;
 
         for (&seq, event) in &stored {
             let Some(log) = logged.get(&seq) else {
@@ -79,15 +79,6 @@ impl Check {
                     Kind::RevIndex,
                     format!("event {seq} differs from the event its latest change carried"),
                 );
-            }
-            if let Some(finished) = log.finished.filter(|_| !log.reset) {
-                if finished != log.streamed {
-                    self.problem(
-                        Some(group),
-                        Kind::RevIndex,
-                        format!("reply {seq} finished with text other than what it streamed"),
-                    );
-                }
             }
             let carried = match (log.finished, log.reset) {
                 (Some(finished), _) => Some(finished),
@@ -271,34 +262,31 @@ impl Check {
         group_id: &str,
         head: Head,
         stored: &BTreeMap<u64, Stored>,
+        replica: bool,
     ) -> Result<HashMap<u64, Logged>> {
         let table = reader.txn.open_table(CHANGES)?;
         let events = reader.txn.open_table(EVENTS)?;
         let chunks = reader.txn.open_table(REPLY_CHUNKS)?;
         let mut text = stored::ChangeReader::new(group, &events, &chunks);
         let mut logged: HashMap<u64, Logged> = HashMap::new();
-        let mut expected = 1;
+        let mut revs = RevAccount::default();
         let mut next_appended = 1;
         for entry in table.range((group, 0)..=(group, u64::MAX))? {
             let (key, value) = entry?;
             let rev = key.value().1;
             self.report.changes += 1;
-            if rev != expected {
-                self.problem(
-                    Some(group),
-                    Kind::RevIndex,
-                    format!(
-                        "the change log jumps from rev {} to rev {rev}",
-                        expected - 1
-                    ),
-                );
+            if let Err(problem) = revs.reach(rev) {
+                self.problem(Some(group), Kind::RevIndex, problem);
             }
-            expected = rev.saturating_add(1);
+            let Some(record) = self.decode::<stored::ChangeRecord>(
+                Some(group),
+                || format!("change {rev}"),
+                value.value(),
+            ) else {
+                continue;
+            };
             // A change about an event that is gone cannot be rebuilt: name it as what it is.
-            let names = codec::decode::<stored::ChangeRecord>(value.value())
-                .ok()
-                .and_then(|record| record.seq());
-            if let Some(seq) = names.filter(|seq| !stored.contains_key(seq)) {
+            if let Some(seq) = record.seq().filter(|seq| !stored.contains_key(seq)) {
                 self.problem(
                     Some(group),
                     Kind::RevIndex,
@@ -306,29 +294,47 @@ impl Check {
                 );
                 continue;
             }
-            if let Ok(stored::ChangeRecord::Reset { last_seq }) =
-                codec::decode::<stored::ChangeRecord>(value.value())
-            {
-                // A replica's reset wrote every event up to `last_seq`: the log starts over.
-                logged.clear();
-                for seq in 1..=last_seq {
-                    logged.insert(
-                        seq,
-                        Logged {
-                            appended: 1,
-                            latest_rev: rev,
-                            reset: true,
-                            ..Logged::default()
-                        },
-                    );
+            match record {
+                stored::ChangeRecord::Reset { last_seq } => {
+                    // A replica's reset wrote every event up to `last_seq`: the log starts over.
+                    logged.clear();
+                    for seq in 1..=last_seq {
+                        logged.insert(
+                            seq,
+                            Logged {
+                                appended: 1,
+                                latest_rev: rev,
+                                reset: true,
+                                ..Logged::default()
+                            },
+                        );
+                    }
+                    next_appended = last_seq.saturating_add(1);
+                    continue;
                 }
-                next_appended = last_seq.saturating_add(1);
-                continue;
+                stored::ChangeRecord::DeltasCollapsed {
+                    seq,
+                    through_rev,
+                    count,
+                    ..
+                } => {
+                    if let Err(problem) = revs.collapsed(rev, through_rev, count) {
+                        self.problem(Some(group), Kind::RevIndex, problem);
+                    }
+                    if stored.get(&seq).is_some_and(|event| event.streaming) {
+                        self.problem(
+                            Some(group),
+                            Kind::RevIndex,
+                            format!("change {rev} collapses the deltas of reply {seq}, which is still streaming"),
+                        );
+                    }
+                }
+                _ => {}
             }
             let Some(update) = self.decoded(
                 Some(group),
                 || format!("change {rev}"),
-                text.update(rev, value.value()),
+                text.rebuild(rev, record),
             ) else {
                 continue;
             };
@@ -413,23 +419,31 @@ impl Check {
                     log.streamed.write(text.as_bytes());
                 }
                 GroupUpdate::ReplyFinished { mut event } => {
-                    log.finished = Some(Fnv::of(event.text.as_bytes()));
+                    let text = event.text.as_bytes();
+                    // A replica may have applied only the start of a reply's deltas: read from
+                    // inside its home's collapsed deltas, the home's log goes on with the finish,
+                    // which carries the whole text. What it streamed is then a prefix of it.
+                    let covered = if replica {
+                        text.get(..log.streamed.len())
+                    } else {
+                        Some(text)
+                    };
+                    if !log.reset && covered.map(Fnv::of) != Some(log.streamed) {
+                        self.problem(
+                            Some(group),
+                            Kind::RevIndex,
+                            format!("reply {seq} finished with text other than what it streamed"),
+                        );
+                    }
+                    log.finished = Some(Fnv::of(text));
                     event.text.clear();
                     log.shape = Some(shape(&event)?);
                 }
                 _ => {}
             }
         }
-        if expected - 1 != head.rev() {
-            self.problem(
-                Some(group),
-                Kind::RevIndex,
-                format!(
-                    "the head's latest rev is {} but the change log ends at rev {}",
-                    head.rev(),
-                    expected - 1
-                ),
-            );
+        if let Err(problem) = revs.end(head.rev()) {
+            self.problem(Some(group), Kind::RevIndex, problem);
         }
         Ok(logged)
     }
@@ -503,6 +517,76 @@ impl Check {
     }
 }
 
+/// Accounts for every rev of a group's log: each is held by a record, or is one of the revs a
+/// `DeltasCollapsed` record stands for (the deltas after its first, which the log no longer
+/// holds, all at or before its `through_rev`).
+#[derive(Default)]
+struct RevAccount {
+    /// The rev the log holds next if it has no hole.
+    next: u64,
+    /// Revs collapsed records stand for that the log has not been seen to lack yet.
+    owed: u64,
+    /// The latest rev a collapsed record seen so far covers.
+    covered_through: u64,
+}
+
+impl RevAccount {
+    /// The log holds a record at `rev`: the revs before it that it lacks must be collapsed ones.
+    fn reach(&mut self, rev: u64) -> std::result::Result<(), String> {
+        let expected = self.next.max(1);
+        self.next = rev.saturating_add(1);
+        let lacking = rev.saturating_sub(expected);
+        if lacking == 0 {
+            return Ok(());
+        }
+        if lacking <= self.owed && rev - 1 <= self.covered_through {
+            self.owed -= lacking;
+            return Ok(());
+        }
+        Err(format!(
+            "the change log jumps from rev {} to rev {rev}, and no collapsed deltas account for \
+             the revs between",
+            expected - 1
+        ))
+    }
+
+    /// A `DeltasCollapsed` record at `rev` stands for `count` deltas through `through_rev`.
+    fn collapsed(
+        &mut self,
+        rev: u64,
+        through_rev: u64,
+        count: u64,
+    ) -> std::result::Result<(), String> {
+        if count < 2 || through_rev <= rev || through_rev - rev + 1 < count {
+            return Err(format!(
+                "change {rev} collapses {count} deltas through rev {through_rev}, which that \
+                 range cannot hold"
+            ));
+        }
+        self.owed += count - 1;
+        self.covered_through = self.covered_through.max(through_rev);
+        Ok(())
+    }
+
+    /// The log ends; the head's latest rev is `head_rev`, whose change (a reply's finish follows
+    /// its collapsed deltas) the log holds.
+    fn end(&self, head_rev: u64) -> std::result::Result<(), String> {
+        let held_through = self.next.max(1) - 1;
+        if held_through != head_rev {
+            return Err(format!(
+                "the head's latest rev is {head_rev} but the change log ends at rev {held_through}"
+            ));
+        }
+        if self.owed > 0 {
+            return Err(format!(
+                "collapsed deltas stand for {} revs that the change log still holds",
+                self.owed
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A fingerprint of an event's encoding (its text cleared by the caller).
 pub(super) fn shape(event: &GroupEvent) -> Result<u64> {
     Ok(Fnv::of(&codec::encode(event)?).0)
@@ -524,6 +608,11 @@ impl Fnv {
         let mut fnv = Self::default();
         fnv.write(bytes);
         fnv
+    }
+
+    /// How many bytes it has been fed.
+    pub(super) fn len(&self) -> usize {
+        usize::try_from(self.1).unwrap_or(usize::MAX)
     }
 
     /// Feeds more bytes; the second field counts them.

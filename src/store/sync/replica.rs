@@ -340,9 +340,8 @@ impl<'txn> Batch<'txn> {
     fn finish_replicated_reply(&mut self, group: u128, home_event: GroupEvent) -> Result<()> {
         let seq = home_event.seq;
         let mut event = self.streaming_event(group, seq)?;
-        self.reply_chunks
-            .open_mut()?
-            .retain_in((group, seq, 0)..=(group, seq, u64::MAX), |_, _| false)?;
+        // The text is the home's; the chunks go, and the deltas that streamed them collapse.
+        self.take_streamed_text(group, seq, event.rev)?;
         event.text = home_event.text;
         event.streaming = false;
         event.error = home_event.error;
