@@ -383,11 +383,18 @@ impl<'txn> Batch<'txn> {
 
     fn store_replica(&mut self, group: u128, record: &ReplicaRecord) -> Result<()> {
         self.replica_added = true;
-        self.sync_replicas
-            .open_mut()?
-            .insert(group, codec::encode(record)?.as_slice())?;
-        Ok(())
+        save(self.sync_replicas.open_mut()?, group, record)
     }
+}
+
+/// Encodes a record and stores it under `key`: what [`load`] reads back.
+fn save<'k, K: redb::Key + 'static>(
+    table: &mut redb::Table<'_, K, &'static [u8]>,
+    key: impl std::borrow::Borrow<K::SelfType<'k>>,
+    record: &impl Serialize,
+) -> Result<()> {
+    table.insert(key, codec::encode(record)?.as_slice())?;
+    Ok(())
 }
 
 mod home;
