@@ -16,17 +16,10 @@ pub struct ClaudeLines {
 }
 
 impl Protocol for ClaudeLines {
-    const PROGRAM: &'static str = "claude";
+    const COMMAND: &'static str =
+        "claude -p --output-format stream-json --verbose --include-partial-messages";
     const INSTALL_HINT: &'static str =
         "Install Claude Code with `npm install -g @anthropic-ai/claude-code` and sign in with `claude`.";
-
-    const ARGS: &'static [&'static str] = &[
-        "-p",
-        "--output-format",
-        "stream-json",
-        "--verbose",
-        "--include-partial-messages",
-    ];
 
     fn session_args(request: &TurnRequest) -> Vec<String> {
         match &request.resume_token {

@@ -14,17 +14,9 @@ pub struct CodexLines {
 }
 
 impl Protocol for CodexLines {
-    const PROGRAM: &'static str = "codex";
+    const COMMAND: &'static str = "codex exec --json --skip-git-repo-check --color never";
     const INSTALL_HINT: &'static str =
         "Install Codex with `npm install -g @openai/codex` and sign in with `codex login`.";
-
-    const ARGS: &'static [&'static str] = &[
-        "exec",
-        "--json",
-        "--skip-git-repo-check",
-        "--color",
-        "never",
-    ];
 
     /// `resume <thread>` on later turns, then `-`: the prompt comes on stdin.
     fn session_args(request: &TurnRequest) -> Vec<String> {
