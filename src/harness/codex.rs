@@ -82,35 +82,26 @@ mod tests {
 
     #[test]
     fn parses_thread_messages_and_failures() {
-        let mut parser = CodexLines::default();
-        let lines = [
-            r#"{"type":"thread.started","thread_id":"t-9"}"#,
-            r#"{"type":"turn.started"}"#,
-            r#"{"type":"item.started","item":{"id":"i0","type":"agent_message","text":""}}"#,
-            r#"{"type":"item.completed","item":{"id":"i1","type":"reasoning","text":"thinking"}}"#,
-            r#"{"type":"item.completed","item":{"id":"i2","type":"agent_message","text":"One"}}"#,
-            r#"{"type":"item.completed","item":{"id":"i3","type":"agent_message","text":"Two"}}"#,
-            r#"{"type":"turn.completed","usage":{"input_tokens":1}}"#,
-        ];
-        let events: Vec<LineEvent> = lines
-            .iter()
-            .flat_map(|l| parser.parse(l.as_bytes()).unwrap())
-            .collect();
-        assert_eq!(
-            events,
-            vec![
+        jsonl::assert_parses::<CodexLines>(
+            &[
+                r#"{"type":"thread.started","thread_id":"t-9"}"#,
+                r#"{"type":"turn.started"}"#,
+                r#"{"type":"item.started","item":{"id":"i0","type":"agent_message","text":""}}"#,
+                r#"{"type":"item.completed","item":{"id":"i1","type":"reasoning","text":"thinking"}}"#,
+                r#"{"type":"item.completed","item":{"id":"i2","type":"agent_message","text":"One"}}"#,
+                r#"{"type":"item.completed","item":{"id":"i3","type":"agent_message","text":"Two"}}"#,
+                r#"{"type":"turn.completed","usage":{"input_tokens":1}}"#,
+            ],
+            &[
                 LineEvent::ResumeToken("t-9".into()),
                 LineEvent::Text("One".into()),
                 LineEvent::Text("\n\nTwo".into()),
                 LineEvent::Completed,
-            ]
+            ],
         );
-        let failed = CodexLines::default()
-            .parse(br#"{"type":"turn.failed","error":{"message":"quota"}}"#)
-            .unwrap();
-        assert_eq!(
-            failed,
-            vec![LineEvent::Failed("codex turn failed: quota".into())]
+        jsonl::assert_parses::<CodexLines>(
+            &[r#"{"type":"turn.failed","error":{"message":"quota"}}"#],
+            &[LineEvent::Failed("codex turn failed: quota".into())],
         );
     }
 }

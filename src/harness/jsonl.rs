@@ -134,3 +134,15 @@ pub fn object(line: &[u8]) -> std::result::Result<serde_json::Value, String> {
         }
     }
 }
+
+/// Asserts that a fresh parser of protocol `P` finds exactly `expected` in `lines`.
+#[cfg(test)]
+#[track_caller]
+pub fn assert_parses<P: Protocol + Default>(lines: &[&str], expected: &[LineEvent]) {
+    let mut parser = P::default();
+    let events: Vec<LineEvent> = lines
+        .iter()
+        .flat_map(|line| parser.parse(line.as_bytes()).unwrap())
+        .collect();
+    assert_eq!(events, expected);
+}
