@@ -198,6 +198,19 @@ impl Coven {
         self.writer.call(op)
     }
 
+    /// [`Coven::write`] of an operation on a group homed here: on a replica group it is refused
+    /// (`Conflict` naming the group's home) in the operation's batch.
+    fn write_homed<T, F>(&self, group: u128, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Batch<'_>) -> Result<T> + Send + 'static,
+    {
+        self.write(move |batch| {
+            batch.ensure_homed_here(group)?;
+            op(batch)
+        })
+    }
+
     /// `Closed` once [`Coven::close`] ran: the one check of it (the read gate and the writer
     /// also answer `Closed` to calls that race the close).
     pub(crate) fn ensure_open(&self) -> Result<()> {
@@ -420,10 +433,7 @@ impl Coven {
     pub fn rename_group(&self, group_id: &str, title: String) -> Result<GroupConversation> {
         let group = ids::parse("group_id", group_id)?;
         validate::title(&title)?;
-        self.write(move |batch| {
-            batch.ensure_homed_here(group)?;
-            batch.rename_group(group, title)
-        })
+        self.write_homed(group, move |batch| batch.rename_group(group, title))
     }
 
     /// Adds a member with a new child session; a system event records it.
@@ -431,10 +441,7 @@ impl Coven {
         let group = ids::parse("group_id", group_id)?;
         validate::familiar_id("familiar_id", familiar_id)?;
         let familiar_id = familiar_id.to_owned();
-        self.write(move |batch| {
-            batch.ensure_homed_here(group)?;
-            batch.add_member(group, familiar_id)
-        })
+        self.write_homed(group, move |batch| batch.add_member(group, familiar_id))
     }
 
     /// Removes a member and archives its session; its earlier events stay in the timeline.
@@ -442,19 +449,13 @@ impl Coven {
         let group = ids::parse("group_id", group_id)?;
         validate::familiar_id("familiar_id", familiar_id)?;
         let familiar_id = familiar_id.to_owned();
-        self.write(move |batch| {
-            batch.ensure_homed_here(group)?;
-            batch.remove_member(group, familiar_id)
-        })
+        self.write_homed(group, move |batch| batch.remove_member(group, familiar_id))
     }
 
     /// Deletes the group, its timeline, its change log, its cursors and its child sessions.
     pub fn delete_group(&self, group_id: &str) -> Result<()> {
         let group = ids::parse("group_id", group_id)?;
-        self.write(move |batch| {
-            batch.ensure_homed_here(group)?;
-            batch.delete_group(group)
-        })
+        self.write_homed(group, move |batch| batch.delete_group(group))
     }
 
     /// Appends a user message without starting a turn; returns the persisted event.
@@ -467,8 +468,7 @@ impl Coven {
         let group = ids::parse("group_id", group_id)?;
         validate::text("text", &text)?;
         validate::author(author.as_deref())?;
-        self.write(move |batch| {
-            batch.ensure_homed_here(group)?;
+        self.write_homed(group, move |batch| {
             batch.append(group, NewEvent::user(text, author, None))
         })
     }
@@ -530,8 +530,7 @@ impl Coven {
         validate::text("text", &text)?;
         validate::author(author.as_deref())?;
         let turn = ids::new_id();
-        let start = self.write(move |batch| {
-            batch.ensure_homed_here(group)?;
+        let start = self.write_homed(group, move |batch| {
             batch.start_turn(group, turn, text, author)
         })?;
         let handle = TurnHandle {

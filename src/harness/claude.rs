@@ -16,17 +16,10 @@ pub struct ClaudeLines {
 }
 
 impl Protocol for ClaudeLines {
-    const PROGRAM: &'static str = "claude";
+    const COMMAND: &'static str =
+        "claude -p --output-format stream-json --verbose --include-partial-messages";
     const INSTALL_HINT: &'static str =
         "Install Claude Code with `npm install -g @anthropic-ai/claude-code` and sign in with `claude`.";
-
-    const ARGS: &'static [&'static str] = &[
-        "-p",
-        "--output-format",
-        "stream-json",
-        "--verbose",
-        "--include-partial-messages",
-    ];
 
     fn session_args(request: &TurnRequest) -> Vec<String> {
         match &request.resume_token {
@@ -122,48 +115,38 @@ impl ClaudeLines {
 mod tests {
     use super::*;
 
-    fn parse_all(lines: &[&str]) -> Vec<LineEvent> {
-        let mut parser = ClaudeLines::default();
-        lines
-            .iter()
-            .flat_map(|line| parser.parse(line.as_bytes()).unwrap())
-            .collect()
-    }
-
     #[test]
     fn streams_text_deltas_and_takes_session_id() {
-        let events = parse_all(&[
-            r#"{"type":"system","subtype":"init","session_id":"s-1"}"#,
-            r#"{"type":"stream_event","event":{"type":"content_block_delta","delta":{"type":"text_delta","text":"Hel"}}}"#,
-            r#"{"type":"stream_event","event":{"type":"content_block_delta","delta":{"type":"text_delta","text":"lo"}}}"#,
-            r#"{"type":"assistant","message":{"content":[{"type":"text","text":"Hello"}]}}"#,
-            r#"{"type":"brand_new_type","x":1}"#,
-            r#"{"type":"result","subtype":"success","is_error":false,"result":"Hello","session_id":"s-1"}"#,
-        ]);
-        assert_eq!(
-            events,
-            vec![
+        jsonl::assert_parses::<ClaudeLines>(
+            &[
+                r#"{"type":"system","subtype":"init","session_id":"s-1"}"#,
+                r#"{"type":"stream_event","event":{"type":"content_block_delta","delta":{"type":"text_delta","text":"Hel"}}}"#,
+                r#"{"type":"stream_event","event":{"type":"content_block_delta","delta":{"type":"text_delta","text":"lo"}}}"#,
+                r#"{"type":"assistant","message":{"content":[{"type":"text","text":"Hello"}]}}"#,
+                r#"{"type":"brand_new_type","x":1}"#,
+                r#"{"type":"result","subtype":"success","is_error":false,"result":"Hello","session_id":"s-1"}"#,
+            ],
+            &[
                 LineEvent::ResumeToken("s-1".into()),
                 LineEvent::Text("Hel".into()),
                 LineEvent::Text("lo".into()),
                 LineEvent::ResumeToken("s-1".into()),
                 LineEvent::Completed,
-            ]
+            ],
         );
     }
 
     #[test]
     fn assistant_text_without_partial_messages_and_error_results() {
-        let events = parse_all(&[
-            r#"{"type":"assistant","message":{"content":[{"type":"text","text":"Hi"}]}}"#,
-            r#"{"type":"result","subtype":"error_max_turns","is_error":true}"#,
-        ]);
-        assert_eq!(
-            events,
-            vec![
+        jsonl::assert_parses::<ClaudeLines>(
+            &[
+                r#"{"type":"assistant","message":{"content":[{"type":"text","text":"Hi"}]}}"#,
+                r#"{"type":"result","subtype":"error_max_turns","is_error":true}"#,
+            ],
+            &[
                 LineEvent::Text("Hi".into()),
                 LineEvent::Failed("claude reported an error: error_max_turns".into()),
-            ]
+            ],
         );
         assert!(ClaudeLines::default().parse(b"not json").is_err());
     }

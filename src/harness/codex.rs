@@ -14,17 +14,9 @@ pub struct CodexLines {
 }
 
 impl Protocol for CodexLines {
-    const PROGRAM: &'static str = "codex";
+    const COMMAND: &'static str = "codex exec --json --skip-git-repo-check --color never";
     const INSTALL_HINT: &'static str =
         "Install Codex with `npm install -g @openai/codex` and sign in with `codex login`.";
-
-    const ARGS: &'static [&'static str] = &[
-        "exec",
-        "--json",
-        "--skip-git-repo-check",
-        "--color",
-        "never",
-    ];
 
     /// `resume <thread>` on later turns, then `-`: the prompt comes on stdin.
     fn session_args(request: &TurnRequest) -> Vec<String> {
@@ -90,35 +82,26 @@ mod tests {
 
     #[test]
     fn parses_thread_messages_and_failures() {
-        let mut parser = CodexLines::default();
-        let lines = [
-            r#"{"type":"thread.started","thread_id":"t-9"}"#,
-            r#"{"type":"turn.started"}"#,
-            r#"{"type":"item.started","item":{"id":"i0","type":"agent_message","text":""}}"#,
-            r#"{"type":"item.completed","item":{"id":"i1","type":"reasoning","text":"thinking"}}"#,
-            r#"{"type":"item.completed","item":{"id":"i2","type":"agent_message","text":"One"}}"#,
-            r#"{"type":"item.completed","item":{"id":"i3","type":"agent_message","text":"Two"}}"#,
-            r#"{"type":"turn.completed","usage":{"input_tokens":1}}"#,
-        ];
-        let events: Vec<LineEvent> = lines
-            .iter()
-            .flat_map(|l| parser.parse(l.as_bytes()).unwrap())
-            .collect();
-        assert_eq!(
-            events,
-            vec![
+        jsonl::assert_parses::<CodexLines>(
+            &[
+                r#"{"type":"thread.started","thread_id":"t-9"}"#,
+                r#"{"type":"turn.started"}"#,
+                r#"{"type":"item.started","item":{"id":"i0","type":"agent_message","text":""}}"#,
+                r#"{"type":"item.completed","item":{"id":"i1","type":"reasoning","text":"thinking"}}"#,
+                r#"{"type":"item.completed","item":{"id":"i2","type":"agent_message","text":"One"}}"#,
+                r#"{"type":"item.completed","item":{"id":"i3","type":"agent_message","text":"Two"}}"#,
+                r#"{"type":"turn.completed","usage":{"input_tokens":1}}"#,
+            ],
+            &[
                 LineEvent::ResumeToken("t-9".into()),
                 LineEvent::Text("One".into()),
                 LineEvent::Text("\n\nTwo".into()),
                 LineEvent::Completed,
-            ]
+            ],
         );
-        let failed = CodexLines::default()
-            .parse(br#"{"type":"turn.failed","error":{"message":"quota"}}"#)
-            .unwrap();
-        assert_eq!(
-            failed,
-            vec![LineEvent::Failed("codex turn failed: quota".into())]
+        jsonl::assert_parses::<CodexLines>(
+            &[r#"{"type":"turn.failed","error":{"message":"quota"}}"#],
+            &[LineEvent::Failed("codex turn failed: quota".into())],
         );
     }
 }

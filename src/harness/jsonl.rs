@@ -21,14 +21,13 @@ pub enum LineEvent {
 
 /// A CLI's line format and invocation.
 pub trait Protocol {
-    /// The program's name on PATH.
-    const PROGRAM: &'static str;
-    /// How to install it, for the error shown when it is missing.
+    /// The command every run starts with: the program's name on PATH, then its arguments,
+    /// separated by spaces (none of them contains one).
+    const COMMAND: &'static str;
+    /// How to install the program, for the error shown when it is missing.
     const INSTALL_HINT: &'static str;
-    /// The arguments every run starts with.
-    const ARGS: &'static [&'static str];
-    /// The arguments after `ARGS` and the familiar's `--model`: how the run starts or resumes
-    /// its session.
+    /// The arguments after the command's and the familiar's `--model`: how the run starts or
+    /// resumes its session.
     fn session_args(request: &TurnRequest) -> Vec<String>;
     /// Interprets one line; `Err` means the output is not this protocol (invalid output).
     fn parse(&mut self, line: &[u8]) -> std::result::Result<Vec<LineEvent>, String>;
@@ -49,9 +48,14 @@ impl<P: Protocol + Default> Harness for JsonLines<P> {
     }
 }
 
+/// The program's name: the first word of the protocol's command.
+fn program<P: Protocol>() -> &'static str {
+    P::COMMAND.split(' ').next().unwrap_or_default()
+}
+
 /// The arguments after the program name.
 fn args<P: Protocol>(request: &TurnRequest) -> Vec<String> {
-    let mut args: Vec<String> = P::ARGS.iter().map(|arg| (*arg).to_owned()).collect();
+    let mut args: Vec<String> = P::COMMAND.split(' ').skip(1).map(str::to_owned).collect();
     if let Some(model) = &request.familiar.model {
         args.extend(["--model".to_owned(), model.clone()]);
     }
@@ -61,10 +65,10 @@ fn args<P: Protocol>(request: &TurnRequest) -> Vec<String> {
 
 /// Runs one turn of a JSON-lines CLI.
 pub fn run<P: Protocol>(mut protocol: P, request: TurnRequest, sink: Arc<ReplySink>) -> Result<()> {
-    let program = process::find_program(P::PROGRAM).ok_or_else(|| {
+    let name = program::<P>();
+    let program = process::find_program(name).ok_or_else(|| {
         harness_error(format!(
-            "`{}` was not found on PATH. {}",
-            P::PROGRAM,
+            "`{name}` was not found on PATH. {}",
             P::INSTALL_HINT
         ))
     })?;
@@ -77,9 +81,9 @@ pub fn run<P: Protocol>(mut protocol: P, request: TurnRequest, sink: Arc<ReplySi
         if line.iter().all(u8::is_ascii_whitespace) {
             return Ok(());
         }
-        let events = protocol.parse(line).map_err(|reason| {
-            harness_error(format!("{} produced invalid output: {reason}", P::PROGRAM))
-        })?;
+        let events = protocol
+            .parse(line)
+            .map_err(|reason| harness_error(format!("{name} produced invalid output: {reason}")))?;
         for event in events {
             match event {
                 LineEvent::Text(text) => sink.delta(text),
@@ -107,15 +111,13 @@ pub fn run<P: Protocol>(mut protocol: P, request: TurnRequest, sink: Arc<ReplySi
             format!(": {stderr}")
         };
         return Err(harness_error(format!(
-            "{} {}{detail}",
-            P::PROGRAM,
+            "{name} {}{detail}",
             exit.description
         )));
     }
     if !completed {
         return Err(harness_error(format!(
-            "{} exited without reporting a result",
-            P::PROGRAM
+            "{name} exited without reporting a result"
         )));
     }
     Ok(())
@@ -131,4 +133,16 @@ pub fn object(line: &[u8]) -> std::result::Result<serde_json::Value, String> {
             Err(format!("{err} in line {shown:?}"))
         }
     }
+}
+
+/// Asserts that a fresh parser of protocol `P` finds exactly `expected` in `lines`.
+#[cfg(test)]
+#[track_caller]
+pub fn assert_parses<P: Protocol + Default>(lines: &[&str], expected: &[LineEvent]) {
+    let mut parser = P::default();
+    let events: Vec<LineEvent> = lines
+        .iter()
+        .flat_map(|line| parser.parse(line.as_bytes()).unwrap())
+        .collect();
+    assert_eq!(events, expected);
 }

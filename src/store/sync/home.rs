@@ -44,9 +44,7 @@ impl<'txn> Batch<'txn> {
         order: u64,
         record: &ResultRecord,
     ) -> Result<()> {
-        self.sync_results
-            .open_mut()?
-            .insert((replica, order), codec::encode(record)?.as_slice())?;
+        save(self.sync_results.open_mut()?, (replica, order), record)?;
         if matches!(record.outcome, OutcomeRecord::Applied { .. }) {
             self.sync_clients.open_mut()?.insert(replica, order)?;
         }

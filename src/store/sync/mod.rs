@@ -50,39 +50,57 @@ pub struct ReplicaRecord {
     pub home_rev: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum CodeRecord {
-    NotFound,
-    InvalidInput,
-    Conflict,
-    Harness,
-    Storage,
-    Closed,
-    Unavailable,
-}
+/// A refusal's error code as stored: one byte, the code's index in [`STORED_CODES`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CodeRecord(ErrorCode);
+
+/// Every error code at the index that is its stored byte. The order is part of the stored
+/// format and never changes: a new code goes at the end.
+const STORED_CODES: [ErrorCode; 7] = [
+    ErrorCode::NotFound,
+    ErrorCode::InvalidInput,
+    ErrorCode::Conflict,
+    ErrorCode::Harness,
+    ErrorCode::Storage,
+    ErrorCode::Closed,
+    ErrorCode::Unavailable,
+];
 
 impl CodeRecord {
     fn of(code: ErrorCode) -> Self {
-        match code {
-            ErrorCode::NotFound => CodeRecord::NotFound,
-            ErrorCode::InvalidInput => CodeRecord::InvalidInput,
-            ErrorCode::Conflict => CodeRecord::Conflict,
-            ErrorCode::Harness => CodeRecord::Harness,
-            ErrorCode::Storage => CodeRecord::Storage,
-            ErrorCode::Closed => CodeRecord::Closed,
-            ErrorCode::Unavailable => CodeRecord::Unavailable,
-        }
+        CodeRecord(code)
     }
 
     fn code(self) -> ErrorCode {
-        match self {
-            CodeRecord::NotFound => ErrorCode::NotFound,
-            CodeRecord::InvalidInput => ErrorCode::InvalidInput,
-            CodeRecord::Conflict => ErrorCode::Conflict,
-            CodeRecord::Harness => ErrorCode::Harness,
-            CodeRecord::Storage => ErrorCode::Storage,
-            CodeRecord::Closed => ErrorCode::Closed,
-            CodeRecord::Unavailable => ErrorCode::Unavailable,
+        self.0
+    }
+}
+
+impl Serialize for CodeRecord {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        match STORED_CODES.iter().position(|&code| code == self.0) {
+            Some(byte) => serializer.serialize_u8(byte as u8),
+            None => Err(serde::ser::Error::custom(format!(
+                "error code {:?} has no stored byte",
+                self.0
+            ))),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CodeRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(
+        deserializer: D,
+    ) -> std::result::Result<Self, D::Error> {
+        let byte = u8::deserialize(deserializer)?;
+        match STORED_CODES.get(usize::from(byte)) {
+            Some(&code) => Ok(CodeRecord(code)),
+            None => Err(serde::de::Error::custom(format!(
+                "unknown error code {byte}"
+            ))),
         }
     }
 }
@@ -365,14 +383,54 @@ impl<'txn> Batch<'txn> {
 
     fn store_replica(&mut self, group: u128, record: &ReplicaRecord) -> Result<()> {
         self.replica_added = true;
-        self.sync_replicas
-            .open_mut()?
-            .insert(group, codec::encode(record)?.as_slice())?;
-        Ok(())
+        save(self.sync_replicas.open_mut()?, group, record)
     }
+}
+
+/// Encodes a record and stores it under `key`: what [`load`] reads back.
+fn save<'k, K: redb::Key + 'static>(
+    table: &mut redb::Table<'_, K, &'static [u8]>,
+    key: impl std::borrow::Borrow<K::SelfType<'k>>,
+    record: &impl Serialize,
+) -> Result<()> {
+    table.insert(key, codec::encode(record)?.as_slice())?;
+    Ok(())
 }
 
 mod home;
 mod outbox;
 mod reads;
 mod replica;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A refusal's stored bytes are the format byte, `Failed`'s index, the code's byte, the
+    /// reason and `retryable`; the bytes of the codes are the format's and never change.
+    #[test]
+    fn refused_states_keep_their_stored_bytes() {
+        let bytes_of_codes = [
+            (ErrorCode::NotFound, 0),
+            (ErrorCode::InvalidInput, 1),
+            (ErrorCode::Conflict, 2),
+            (ErrorCode::Harness, 3),
+            (ErrorCode::Storage, 4),
+            (ErrorCode::Closed, 5),
+            (ErrorCode::Unavailable, 6),
+        ];
+        for (code, byte) in bytes_of_codes {
+            let state = StateRecord::Failed {
+                code: CodeRecord::of(code),
+                reason: "r".to_owned(),
+                retryable: true,
+            };
+            let stored = codec::encode(&state).unwrap();
+            assert_eq!(stored, [codec::FORMAT_VERSION, 2, byte, 1, b'r', 1]);
+            assert_eq!(codec::decode::<StateRecord>(&stored).unwrap(), state);
+            assert_eq!(CodeRecord::of(code).code(), code);
+        }
+        let unknown = [codec::FORMAT_VERSION, 2, 7, 1, b'r', 1];
+        assert!(codec::decode::<StateRecord>(&unknown).is_err());
+    }
+}

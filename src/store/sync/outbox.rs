@@ -8,18 +8,17 @@ impl<'txn> Batch<'txn> {
             .unwrap_or(HomeRecord { next_order: 1 });
         let order = record.next_order;
         record.next_order += 1;
-        self.sync_homes
-            .open_mut()?
-            .insert(home, codec::encode(&record)?.as_slice())?;
+        save(self.sync_homes.open_mut()?, home, &record)?;
         Ok(order)
     }
 
     /// Registers a home this store syncs with (its outbox order starts at 1).
     pub fn know_home(&mut self, home: u128) -> Result<()> {
         if load::<u128, HomeRecord>(self.sync_homes.open()?, home)?.is_none() {
-            self.sync_homes.open_mut()?.insert(
+            save(
+                self.sync_homes.open_mut()?,
                 home,
-                codec::encode(&HomeRecord { next_order: 1 })?.as_slice(),
+                &HomeRecord { next_order: 1 },
             )?;
         }
         Ok(())
@@ -71,23 +70,11 @@ impl<'txn> Batch<'txn> {
             state: StateRecord::Pending,
             created_at: self.now,
         };
-        self.store_outbox(home, order, &record)?;
+        save(self.outbox.open_mut()?, (home, order), &record)?;
         if let Some(message) = record.echo() {
             self.record(group, GroupUpdate::MessagePending { message })?;
         }
         Ok(record.entry(home, order))
-    }
-
-    pub(super) fn store_outbox(
-        &mut self,
-        home: u128,
-        order: u64,
-        record: &OutboxRecord,
-    ) -> Result<()> {
-        self.outbox
-            .open_mut()?
-            .insert((home, order), codec::encode(record)?.as_slice())?;
-        Ok(())
     }
 
     /// The outbox entry with this transaction id.
@@ -114,7 +101,7 @@ impl<'txn> Batch<'txn> {
         }
         record.state = StateRecord::Pending;
         record.attempt += 1;
-        self.store_outbox(home, order, &record)?;
+        save(self.outbox.open_mut()?, (home, order), &record)?;
         if let Some(message) = record.echo() {
             self.record_if_present(record.group, GroupUpdate::MessagePending { message })?;
         }
@@ -183,38 +170,29 @@ impl<'txn> Batch<'txn> {
             {
                 continue;
             }
-            match &result.outcome {
-                MutationOutcome::Applied { rev, seq, .. } => {
-                    record.state = StateRecord::Applied {
-                        rev: *rev,
-                        seq: *seq,
-                    };
-                    self.store_outbox(home, result.order, &record)?;
-                }
+            record.state = match &result.outcome {
+                MutationOutcome::Applied { rev, seq, .. } => StateRecord::Applied {
+                    rev: *rev,
+                    seq: *seq,
+                },
                 MutationOutcome::Refused {
                     code,
                     reason,
                     retryable,
-                } => {
-                    record.state = StateRecord::Failed {
-                        code: CodeRecord::of(*code),
-                        reason: reason.clone(),
-                        retryable: *retryable,
-                    };
-                    self.store_outbox(home, result.order, &record)?;
-                    if let Some(message) = record.echo() {
-                        self.record_if_present(
-                            record.group,
-                            GroupUpdate::MessagePending { message },
-                        )?;
-                    }
-                }
+                } => StateRecord::Failed {
+                    code: CodeRecord::of(*code),
+                    reason: reason.clone(),
+                    retryable: *retryable,
+                },
                 // Applied, and its answer forgotten: only a store that lost what it had
                 // recorded (a non-durable store's crash) gets this. Its effect is already here
                 // or on its way; the echo goes now.
-                MutationOutcome::AlreadyApplied => {
-                    record.state = StateRecord::Applied { rev: 0, seq: None };
-                    self.store_outbox(home, result.order, &record)?;
+                MutationOutcome::AlreadyApplied => StateRecord::Applied { rev: 0, seq: None },
+            };
+            save(self.outbox.open_mut()?, (home, result.order), &record)?;
+            if matches!(record.state, StateRecord::Failed { .. }) {
+                if let Some(message) = record.echo() {
+                    self.record_if_present(record.group, GroupUpdate::MessagePending { message })?;
                 }
             }
         }
