@@ -232,7 +232,10 @@ impl Coven {
 
     /// Delivers every change committed after `after_rev` to `listener`, exactly once and in rev
     /// order: first the backlog from the store, then live, with no gap or duplicate at the
-    /// hand-off. Delivery runs on the subscription's own thread; `cancel()` or dropping the
+    /// hand-off. Live, every delta arrives as it commits; what is read from the store follows
+    /// [`Coven::changes_since`]'s rule for a finished reply's deltas (one change, or none from
+    /// inside them, its finish carrying the whole reply). Delivery runs on the subscription's own
+    /// thread; `cancel()` or dropping the
     /// returned handle stops it. Deleting the group ends it with a final `GroupDeleted`. A panic
     /// in the listener is caught and delivery goes on with the next batch.
     pub fn subscribe(
@@ -417,7 +420,11 @@ impl Coven {
         })
     }
 
-    /// Up to `limit` committed changes with rev greater than `after_rev`, in rev order.
+    /// Up to `limit` committed changes with rev greater than `after_rev`, in rev order. Revs rise
+    /// but may skip: once a reply finishes, its deltas are one change at the first delta's rev,
+    /// carrying all their text. Read from before that rev, it is one `ReplyDelta`; read from a
+    /// rev inside them, the reply's `ReplyFinished` that follows carries the finished reply whole.
+    /// Either way nothing is missing and nothing comes twice; resume from the last rev read.
     pub fn changes_since(
         &self,
         group_id: &str,

@@ -301,6 +301,66 @@ fn home_with_a_puppet() -> (Arc<Coven>, String, Hand) {
     (home, group.id, hand)
 }
 
+/// A replica that applied the start of a reply's deltas pulls again after the reply finished at
+/// home, where its deltas are now one change: from inside them the home's log goes on with the
+/// finish, which carries the whole text, and the replica ends with the home's reply and a log of
+/// its own that reads consistently.
+#[test]
+fn a_replica_inside_a_finished_replys_collapsed_deltas_takes_the_finish_whole() {
+    let (home, group_id, hand) = home_with_a_puppet();
+    let phone = memory_store();
+    sync(&phone, &home);
+    let turn = home.send(&group_id, "go".into(), None).unwrap();
+    // Each word its own commit (a cursor call commits what waits in the streaming window).
+    let say = |word: &str| {
+        hand.say(word);
+        home.set_cursor(&group_id, "commit", 0).unwrap();
+    };
+    for word in ["one ", "two ", "three "] {
+        say(word);
+    }
+    sync(&phone, &home);
+    let streaming = phone.get_group(&group_id).unwrap();
+    let reply = streaming.events.last().unwrap();
+    assert!(reply.streaming);
+    assert_eq!(reply.text, "one two three ");
+    let reply_seq = reply.seq;
+    for word in ["four ", "five"] {
+        say(word);
+    }
+    hand.finish();
+    assert!(home.wait_turn(&turn.turn_id, GUARD).unwrap());
+    let home_log = assert_log_replays_the_timeline(&home, &group_id);
+    let home_deltas: Vec<u64> = home_log
+        .iter()
+        .filter(|c| matches!(c.update, GroupUpdate::ReplyDelta { seq, .. } if seq == reply_seq))
+        .map(|c| c.rev)
+        .collect();
+    assert_eq!(
+        home_deltas.len(),
+        1,
+        "the home collapsed the reply's deltas"
+    );
+    let request = phone.pull_request(Some(home.store_id())).unwrap();
+    let phone_at = request.cursors[0].rev;
+    assert!(
+        home_deltas[0] <= phone_at,
+        "the phone applied home revs through {phone_at}, inside the deltas from {}",
+        home_deltas[0]
+    );
+
+    sync(&phone, &home);
+    assert_same_group(&home, &phone, &group_id);
+    let finished = phone.get_group(&group_id).unwrap();
+    let reply = finished.events.last().unwrap();
+    assert_eq!(
+        (reply.streaming, reply.text.as_str()),
+        (false, "one two three four five")
+    );
+    assert_clean(&phone);
+    assert_log_replays_the_timeline(&phone, &group_id);
+}
+
 #[test]
 fn a_conflict_comes_back_to_the_echo_and_the_outbox_waits_for_a_retry() {
     let (home, group_id, hand) = home_with_a_puppet();

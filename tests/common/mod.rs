@@ -203,7 +203,7 @@ pub fn assert_rev_contiguous(coven: &Coven, group_id: &str) -> Vec<GroupChange> 
 
 /// Applies changes in order to a timeline, as a client does: an appended event (or a sent
 /// echo's event) takes the next seq, a delta extends its streaming reply, a finish replaces the
-/// reply whole. Panics on a change that does not fit what was applied before it.
+/// reply whole, a replica's reset replaces the timeline. Panics on a change that does not fit what was applied before it.
 #[track_caller]
 pub fn apply_changes(timeline: &mut Vec<GroupEvent>, changes: &[GroupChange]) {
     for change in changes {
@@ -231,6 +231,8 @@ pub fn apply_changes(timeline: &mut Vec<GroupEvent>, changes: &[GroupChange]) {
                 reply.text.push_str(text);
                 reply.rev = change.rev;
             }
+            // A replica's reset: the group's whole state as it was applied.
+            GroupUpdate::GroupReset { events, .. } => *timeline = events.clone(),
             GroupUpdate::ReplyFinished { event } => {
                 let reply = timeline
                     .get_mut(event.seq as usize - 1)
