@@ -99,7 +99,7 @@ fn interleave(members: &[AdoptedMember]) -> Vec<NewEvent> {
                     members[entry.member].familiar_id.clone(),
                     entry.text.to_owned(),
                 );
-                event.timestamp = Some(entry.timestamp);
+                event.at = Some(entry.timestamp);
                 timeline.push(event);
             }
             HistoryRole::User => {
@@ -121,7 +121,7 @@ fn interleave(members: &[AdoptedMember]) -> Vec<NewEvent> {
                 });
                 let mut event =
                     NewEvent::user(entry.text.to_owned(), entry.author.map(str::to_owned), None);
-                event.timestamp = Some(entry.timestamp);
+                event.at = Some(entry.timestamp);
                 timeline.push(event);
             }
         }

@@ -12,52 +12,59 @@ use super::tables::*;
 use crate::error::{Error, Result};
 use crate::ids;
 use crate::model::{
-    EventKind, Familiar, GroupConversation, GroupEvent, GroupUpdate, Member, ReplyError, Session,
+    EventKind, Familiar, GroupConversation, GroupEvent, GroupUpdate, Member, Session,
     SessionStatus, SystemNotice,
 };
 use crate::validate::{MAX_MEMBERS, MAX_TITLE_CHARS};
 
-/// A new event before the store gives it a seq and rev.
+/// A new event before the store gives it its place: [`Batch::insert_event`] sets `event`'s group,
+/// seq and rev, and its timestamp to `at`, or to the batch's time when `at` is `None` (`at` is
+/// for an event that happened before it is stored: adopted history, a home's event replicated).
 pub struct NewEvent {
-    pub kind: EventKind,
-    pub familiar_id: Option<String>,
-    pub author: Option<String>,
-    pub turn_id: Option<String>,
-    pub text: String,
-    pub streaming: bool,
-    pub error: Option<ReplyError>,
-    pub notice: Option<SystemNotice>,
-    pub timestamp: Option<SystemTime>,
+    pub event: GroupEvent,
+    pub at: Option<SystemTime>,
 }
 
 impl NewEvent {
     pub fn user(text: String, author: Option<String>, turn_id: Option<String>) -> Self {
         Self {
-            kind: EventKind::User,
-            familiar_id: None,
-            author,
-            turn_id,
-            text,
-            streaming: false,
-            error: None,
-            notice: None,
-            timestamp: None,
+            event: GroupEvent {
+                group_id: String::new(),
+                seq: 0,
+                rev: 0,
+                kind: EventKind::User,
+                familiar_id: None,
+                author,
+                turn_id,
+                text,
+                streaming: false,
+                error: None,
+                notice: None,
+                timestamp: SystemTime::UNIX_EPOCH,
+            },
+            at: None,
         }
     }
 
     pub fn familiar(familiar_id: String, text: String) -> Self {
-        Self {
-            kind: EventKind::Familiar,
-            familiar_id: Some(familiar_id),
-            ..Self::user(text, None, None)
-        }
+        let mut new = Self::user(text, None, None);
+        new.event.kind = EventKind::Familiar;
+        new.event.familiar_id = Some(familiar_id);
+        new
     }
 
     fn system(notice: SystemNotice, text: String) -> Self {
+        let mut new = Self::user(text, None, None);
+        new.event.kind = EventKind::System;
+        new.event.notice = Some(notice);
+        new
+    }
+
+    /// A home's event, as a replica stores it: at its home's time.
+    pub fn replicated(event: GroupEvent) -> Self {
         Self {
-            kind: EventKind::System,
-            notice: Some(notice),
-            ..Self::user(text, None, None)
+            at: Some(event.timestamp),
+            event,
         }
     }
 }
@@ -149,15 +156,8 @@ impl<'txn> Batch<'txn> {
             group_id: ids::to_string(group),
             seq,
             rev,
-            kind: new.kind,
-            familiar_id: new.familiar_id,
-            author: new.author,
-            turn_id: new.turn_id,
-            text: new.text,
-            streaming: new.streaming,
-            error: new.error,
-            notice: new.notice,
-            timestamp: new.timestamp.unwrap_or(self.now),
+            timestamp: new.at.unwrap_or(self.now),
+            ..new.event
         };
         self.store_event_as_is(group, &event)?;
         Ok(event)

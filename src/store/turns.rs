@@ -121,8 +121,8 @@ impl<'txn> Batch<'txn> {
             return Ok(());
         }
         let mut new = NewEvent::familiar(key.familiar.clone(), output.text);
-        new.streaming = true;
-        new.turn_id = Some(ids::to_string(key.turn));
+        new.event.streaming = true;
+        new.event.turn_id = Some(ids::to_string(key.turn));
         let event = self.append(key.group, new)?;
         self.live.claim(key, event.seq);
         Ok(())
@@ -152,8 +152,8 @@ impl<'txn> Batch<'txn> {
             }
             None => {
                 let mut new = NewEvent::familiar(key.familiar.clone(), String::new());
-                new.turn_id = Some(ids::to_string(key.turn));
-                new.error = error;
+                new.event.turn_id = Some(ids::to_string(key.turn));
+                new.event.error = error;
                 self.append(key.group, new)?;
             }
         }
@@ -339,8 +339,8 @@ impl<'txn> Batch<'txn> {
                     }
                     None => {
                         let mut new = NewEvent::familiar(familiar.clone(), String::new());
-                        new.turn_id = Some(turn_id.clone());
-                        new.error = Some(error);
+                        new.event.turn_id = Some(turn_id.clone());
+                        new.event.error = Some(error);
                         self.append(group, new)?;
                     }
                 }

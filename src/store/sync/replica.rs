@@ -300,20 +300,7 @@ impl<'txn> Batch<'txn> {
                 ids::to_string(group)
             )));
         }
-        self.insert_event(
-            group,
-            NewEvent {
-                kind: event.kind,
-                familiar_id: event.familiar_id,
-                author: event.author,
-                turn_id: event.turn_id,
-                text: event.text,
-                streaming: event.streaming,
-                error: event.error,
-                notice: event.notice,
-                timestamp: Some(event.timestamp),
-            },
-        )
+        self.insert_event(group, NewEvent::replicated(event))
     }
 
     /// The stored event of a reply the home streams into; it must be streaming here too.
