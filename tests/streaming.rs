@@ -385,23 +385,18 @@ fn deltas_of(changes: &[GroupChange], seq: u64) -> Vec<u64> {
 fn a_finished_reply_costs_the_log_one_record_for_its_deltas() {
     const ROUNDS: usize = 12;
     let coven = Coven::open_in_memory(windowed()).expect("open");
-    let Interleaved {
-        _driven,
-        group,
-        turn,
-        ada,
-        bo,
-    } = interleaved_replies(&coven, ROUNDS);
-    let [ada_seq, bo_seq] = [0, 1].map(|index| replies(&coven, &group)[index].seq);
-    let streaming = changes_after(&coven, &group, 0);
+    let run = interleaved_replies(&coven, ROUNDS);
+    let (group, turn) = (&run.group, &run.turn);
+    let [ada_seq, bo_seq] = [0, 1].map(|index| replies(&coven, group)[index].seq);
+    let streaming = changes_after(&coven, group, 0);
     // Each reply's first output is its append; every later round is one delta per reply.
     assert_eq!(deltas_of(&streaming, ada_seq).len(), ROUNDS - 1);
     assert_eq!(deltas_of(&streaming, bo_seq).len(), ROUNDS - 1);
 
-    ada.finish();
-    coven.set_cursor(&group, "commit", 0).expect("set a cursor");
-    let log = changes_after(&coven, &group, 0);
-    let head = coven.get_group(&group).expect("snapshot").rev;
+    run.ada.finish();
+    coven.set_cursor(group, "commit", 0).expect("set a cursor");
+    let log = changes_after(&coven, group, 0);
+    let head = coven.get_group(group).expect("snapshot").rev;
     assert_eq!(
         deltas_of(&log, ada_seq),
         deltas_of(&streaming, ada_seq)[..1],
@@ -413,7 +408,7 @@ fn a_finished_reply_costs_the_log_one_record_for_its_deltas() {
         "bo still streams"
     );
     assert_eq!(log.len() as u64, head - (ROUNDS as u64 - 2));
-    let ada_reply = replies(&coven, &group)[0].clone();
+    let ada_reply = replies(&coven, group)[0].clone();
     assert_eq!(ada_reply.text, "a b c ".repeat(ROUNDS / 3));
     assert_eq!(
         common::streamed_text(&log, ada_seq),
@@ -422,10 +417,10 @@ fn a_finished_reply_costs_the_log_one_record_for_its_deltas() {
     );
     common::assert_clean(&coven);
 
-    bo.finish();
-    end_turn(&coven, &group, &turn);
-    let log = common::assert_log_replays_the_timeline(&coven, &group);
-    let head = coven.get_group(&group).expect("snapshot").rev;
+    run.bo.finish();
+    end_turn(&coven, group, turn);
+    let log = common::assert_log_replays_the_timeline(&coven, group);
+    let head = coven.get_group(group).expect("snapshot").rev;
     assert_eq!(
         log.len() as u64,
         head - 2 * (ROUNDS as u64 - 2),
@@ -440,32 +435,27 @@ fn a_finished_reply_costs_the_log_one_record_for_its_deltas() {
 fn reading_from_inside_collapsed_deltas_delivers_the_finished_reply() {
     const ROUNDS: usize = 9;
     let coven = Coven::open_in_memory(windowed()).expect("open");
-    let Interleaved {
-        _driven,
-        group,
-        turn,
-        ada,
-        bo,
-    } = interleaved_replies(&coven, ROUNDS);
+    let run = interleaved_replies(&coven, ROUNDS);
+    let (group, turn) = (&run.group, &run.turn);
     // Every change as it was published (the backlog, then live), collected from the start.
     let (live_tx, live) = crossbeam_channel::unbounded();
     let subscription = coven
-        .subscribe(&group, 0, Arc::new(Collect(live_tx)))
+        .subscribe(group, 0, Arc::new(Collect(live_tx)))
         .expect("subscribe");
     let mut published: Vec<GroupChange> = Vec::new();
     // The backlog is read before anything collapses, so it holds every delta.
-    let streaming_head = coven.get_group(&group).expect("snapshot").rev;
+    let streaming_head = coven.get_group(group).expect("snapshot").rev;
     while published
         .last()
         .is_none_or(|change| change.rev < streaming_head)
     {
         published.extend(live.recv_timeout(GUARD).expect("the subscription delivers"));
     }
-    ada.finish();
-    bo.delta("!");
-    bo.finish();
-    end_turn(&coven, &group, &turn);
-    let snapshot = coven.get_group(&group).expect("snapshot");
+    run.ada.finish();
+    run.bo.delta("!");
+    run.bo.finish();
+    end_turn(&coven, group, turn);
+    let snapshot = coven.get_group(group).expect("snapshot");
     while published
         .last()
         .is_none_or(|change| change.rev < snapshot.rev)
@@ -478,7 +468,7 @@ fn reading_from_inside_collapsed_deltas_delivers_the_finished_reply() {
         (1..=snapshot.rev).collect::<Vec<_>>(),
         "live delivery is every rev, deltas included"
     );
-    let stored = changes_after(&coven, &group, 0);
+    let stored = changes_after(&coven, group, 0);
     assert!(stored.len() < published.len(), "the stored log collapsed");
 
     // A reader that saw the published changes through rev r, from any r (inside a collapsed range
@@ -491,7 +481,7 @@ fn reading_from_inside_collapsed_deltas_delivers_the_finished_reply() {
             .cloned()
             .collect();
         common::apply_changes(&mut timeline, &seen);
-        let rest = changes_after(&coven, &group, seen_through);
+        let rest = changes_after(&coven, group, seen_through);
         assert!(rest.iter().all(|change| change.rev > seen_through));
         common::apply_changes(&mut timeline, &rest);
         assert_eq!(
@@ -501,7 +491,7 @@ fn reading_from_inside_collapsed_deltas_delivers_the_finished_reply() {
         // A subscription from there delivers what the log holds after it.
         let (tx, rx) = crossbeam_channel::unbounded();
         let subscription = coven
-            .subscribe(&group, seen_through, Arc::new(Collect(tx)))
+            .subscribe(group, seen_through, Arc::new(Collect(tx)))
             .expect("subscribe");
         let mut delivered: Vec<GroupChange> = Vec::new();
         while delivered.len() < rest.len() {
