@@ -133,6 +133,16 @@ fn the_check_is_clean_at_every_commit_while_turns_stream() {
     }
     let last = assert_clean_and_idle(&coven);
     assert_eq!(last.events, 3 * 3 * 4);
+    // The long replies (150 words, a word a millisecond) outlast a streaming window, so their
+    // deltas were several changes, collapsed when each finished: the checks read collapsed logs.
+    for group in &groups {
+        let head = coven.get_group(group).unwrap().rev;
+        let logged = assert_log_replays_the_timeline(&coven, group).len() as u64;
+        assert!(
+            logged < head,
+            "no reply's deltas collapsed: {logged} changes for rev {head}"
+        );
+    }
     // Some check saw replies streaming, their turns running and their sessions running.
     assert!(
         in_flight.streaming_replies > 0
